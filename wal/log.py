@@ -1,0 +1,178 @@
+"""The WAL as one object: lock, recovery, writer and reader over a data directory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from wal.errors import ReadOnlyError, WriterFailedError
+from wal.fileio import OS_FILES, FileLayer
+from wal.format import Record, RecordType
+from wal.lock import DirectoryLock
+from wal.reader import SegmentReader
+from wal.recovery import RecoveryReport, recover
+from wal.scan import SegmentScan
+from wal.writer import SegmentWriter, WalOptions
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    path: str
+    first_seq: int
+    last_seq: int
+    record_count: int
+    bytes: int
+
+
+class Wal:
+    """A segmented, CRC-chained write-ahead log.
+
+    ``append`` is synchronous and returns after the batch is durable; call it from one thread
+    at a time (the service uses a dedicated writer thread). Reads may run on another thread:
+    they only see records whose batch was synced.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        options: WalOptions,
+        fs: FileLayer,
+        readonly: bool,
+        recovery: RecoveryReport,
+        lock: DirectoryLock | None,
+    ) -> None:
+        self.directory = directory
+        self.options = options
+        self.fs = fs
+        self.readonly = readonly
+        self.recovery = recovery
+        self._lock = lock
+        self._segments: list[SegmentScan] = recovery.scan.segments
+        self._reader = SegmentReader(fs, self._segments, options.max_record_size)
+        self._writer: SegmentWriter | None = None
+        self._last_seq = recovery.scan.last_seq
+        self._chain_head = recovery.scan.chain_head
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        directory: str,
+        options: WalOptions | None = None,
+        *,
+        fs: FileLayer = OS_FILES,
+        readonly: bool = False,
+    ) -> Wal:
+        """Open (creating if needed) and recover the log in ``directory``.
+
+        A writable open takes the directory lock, refuses corruption (:class:`CorruptionError`)
+        and repairs a torn tail. A read-only open takes no lock and changes nothing.
+        """
+        opts = options or WalOptions()
+        directory = os.path.abspath(directory)
+        lock = None
+        if not readonly:
+            fs.makedirs(directory)
+            lock = DirectoryLock(directory)
+            lock.acquire()
+        try:
+            report = recover(
+                directory,
+                fs,
+                max_record_size=opts.max_record_size,
+                index_interval=opts.index_interval,
+                repair=not readonly,
+            )
+            wal = cls(directory, opts, fs, readonly, report, lock)
+            if not readonly:
+                scan = report.scan
+                wal._writer = SegmentWriter(
+                    directory,
+                    fs,
+                    opts,
+                    scan.segments[-1] if scan.segments else None,
+                    next_seq=scan.last_seq + 1 if scan.segments else 1,
+                    chain_head=scan.chain_head,
+                    on_segment=wal._segments.append,
+                )
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return wal
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def first_seq(self) -> int:
+        """Seq of the first retained record (1 for a new log)."""
+        return self._segments[0].first_seq if self._segments else 1
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last durable record (0 for an empty log)."""
+        return self._last_seq
+
+    @property
+    def chain_head(self) -> int:
+        """CRC of the last durable record: identifies the whole log up to ``last_seq``."""
+        return self._chain_head
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._writer.failed if self._writer is not None else None
+
+    def segments(self) -> list[SegmentInfo]:
+        return [
+            SegmentInfo(s.path, s.first_seq, s.last_seq, s.record_count, s.valid_end)
+            for s in list(self._segments)
+        ]
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def append(self, payloads: Sequence[bytes], record_type: int = RecordType.ENTRY) -> int:
+        """Append ``payloads`` as one durable batch; return the seq of the first one."""
+        writer = self._writer
+        if writer is None:
+            if self.readonly:
+                raise ReadOnlyError(f"wal: {self.directory} is open read-only")
+            raise WriterFailedError(f"wal: {self.directory} is closed")
+        first = writer.append(payloads, record_type)
+        self._chain_head = writer.chain_head
+        self._last_seq = writer.next_seq - 1
+        return first
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read(self, from_seq: int, to_seq: int | None = None) -> Iterator[Record]:
+        """Validated records from ``from_seq`` up to ``to_seq`` (default: the durable end)."""
+        return self._reader.iter_from(max(from_seq, 1), to_seq)
+
+    def get(self, seq: int) -> Record | None:
+        """The record with ``seq``, or None if it is beyond the durable end."""
+        if seq < 1 or seq > self._last_seq:
+            return None
+        return next(iter(self._reader.iter_from(seq, seq)), None)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._reader.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def __enter__(self) -> Wal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
