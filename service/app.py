@@ -1,0 +1,120 @@
+"""Running the service: start-up order, signal handling, graceful and fail-stop shutdown.
+
+Start-up: open and recover the journal (takes the data-directory lock: a second server fails
+here), then bind the socket; readiness is announced only after the socket is bound.
+Shutdown (SIGTERM/SIGINT): stop accepting, stop reading requests, commit what is queued and
+answer it, close the WAL, close connections. A second SIGINT exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+import structlog
+import uvloop
+
+from service import __version__
+from service.journal import Journal
+from service.server import Server
+from service.settings import Settings
+
+log = structlog.get_logger("ackwal")
+
+EXIT_OK = 0
+EXIT_HALTED = 70  # EX_SOFTWARE: a supervisor should restart us into recovery
+EXIT_FORCED = 130
+
+
+class Service:
+    """The whole service for one settings object; ``run()`` returns the process exit code."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.journals: dict[str, Journal] = {}
+        self.server: Server | None = None
+        self.exit_code = EXIT_OK
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        journal = await Journal.open(self.settings, "main")
+        self.journals["main"] = journal
+        journal.on_halt(self._on_halt)
+        try:
+            self.server = Server(self.settings, self.journals)
+            await self.server.start()
+        except BaseException:
+            await journal.close()
+            raise
+        self.ready.set()
+        log.info(
+            "service.ready",
+            version=__version__,
+            socket=self.server.socket_path,
+            data_dir=journal.wal.directory,
+            last_seq=journal.last_seq,
+            sync_mode=self.settings.sync_mode,
+        )
+
+    def request_stop(self, exit_code: int = EXIT_OK) -> None:
+        if exit_code and not self.exit_code:
+            self.exit_code = exit_code
+        self._stop.set()
+
+    def _on_halt(self, reason: str) -> None:
+        if self.settings.exit_on_halt:
+            log.critical("service.exiting_after_halt", reason=reason, exit_code=EXIT_HALTED)
+            self.request_stop(EXIT_HALTED)
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1 and signum == signal.SIGINT:
+            log.warning("service.forced_exit", signal=signal.Signals(signum).name)
+            os._exit(EXIT_FORCED)
+        log.info("service.stopping", signal=signal.Signals(signum).name)
+        self.request_stop()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        timeout = self.settings.shutdown_timeout
+        if self.server is not None:
+            await self.server.stop_accepting()
+        for journal in self.journals.values():
+            try:
+                await asyncio.wait_for(journal.close(), timeout)
+            except TimeoutError:
+                log.error("service.journal_close_timeout", journal=journal.name, timeout=timeout)
+        if self.server is not None:
+            await self.server.close_connections(timeout=min(timeout, 5.0))
+        log.info("service.stopped", exit_code=self.exit_code)
+
+    async def run(self, on_ready: Callable[[Service], None] | None = None) -> int:
+        self.install_signal_handlers()
+        await self.start()
+        if on_ready is not None:
+            on_ready(self)
+        try:
+            await self.wait_stopped()
+        finally:
+            await self.shutdown()
+        return self.exit_code
+
+
+def run_service(settings: Settings) -> int:
+    """Run on uvloop until stopped; returns the exit code."""
+
+    async def main() -> int:
+        return await Service(settings).run()
+
+    return uvloop.run(main())

@@ -1,0 +1,126 @@
+"""The ``ackwal`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from service import __version__
+from service.app import run_service
+from service.logs import configure_logging
+from service.settings import SPECS, SettingsError, load_settings
+
+EXIT_USAGE = 2
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--data-dir", dest="data_dir", help="WAL directory (ACKWAL_DATA_DIR)")
+    parser.add_argument(
+        "--socket", dest="socket_path", help="Unix socket path (ACKWAL_SOCKET_PATH)"
+    )
+    parser.add_argument(
+        "--metrics-addr", dest="metrics_addr", help="HOST:PORT for /metrics (ACKWAL_METRICS_ADDR)"
+    )
+    parser.add_argument("--log-format", dest="log_format", choices=["auto", "json", "console"])
+    parser.add_argument("--log-level", dest="log_level")
+    parser.add_argument("--sync-mode", dest="sync_mode", help="fdatasync | fsync | none (UNSAFE)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other setting, e.g. --set queue_capacity=100000 (repeatable)",
+    )
+
+
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    flags: dict[str, object] = {
+        key: getattr(args, key)
+        for key in (
+            "data_dir",
+            "socket_path",
+            "metrics_addr",
+            "log_format",
+            "log_level",
+            "sync_mode",
+        )
+    }
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SettingsError(f"--set expects KEY=VALUE, got {item!r}")
+        flags[key.strip().replace("-", "_")] = value
+    return flags
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, flags=_flags(args))
+    configure_logging(settings.log_format, settings.log_level)
+    print(f"ackwal {__version__}: serving on {settings.socket_path}", file=sys.stderr, flush=True)
+    return run_service(settings)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, flags=_flags(args))
+    rows = settings.effective()
+    if args.json:
+        print(json.dumps({k: {"value": v, "source": src} for k, v, src in rows}, indent=2))
+    else:
+        width = max(len(k) for k, _, _ in rows)
+        for key, value, source in rows:
+            print(f"{key:<{width}}  {value!s:<24} ({source})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ackwal",
+        description="ackwal: a durable journal for trading engines (an ACK means on disk).",
+    )
+    parser.add_argument("--version", action="version", version=f"ackwal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the journaling service",
+        description="Run the service. Settings: defaults < --config file < ACKWAL_* env < flags. "
+        "Exit codes: 0 clean stop, 2 bad configuration, 70 halted after a disk error "
+        "(restart to recover), 130 forced by a second SIGINT.",
+    )
+    _add_setting_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_sub.add_parser(
+        "show",
+        help="print the effective configuration and where each value came from",
+        description="Print every setting ("
+        + ", ".join(s.key for s in SPECS)
+        + ") with its effective value and source.",
+    )
+    _add_setting_flags(show)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_config_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SettingsError as exc:
+        print(f"ackwal: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+"""``JournalClient``: the asyncio client for ackwal's Unix-socket protocol.
+
+Pipelined: any number of requests share one connection; replies are matched by ``id``. Writes
+made in one loop iteration leave in one ``write``. If the connection drops, the client
+reconnects and re-sends every unanswered request. That is safe because appends are idempotent
+by request id: a re-sent append that had been committed is answered with its original seq, so
+the caller sees each append answered exactly once with its durable seq. Subscriptions resume
+from the first seq not yet delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import structlog
+
+from service.entry import AppendResult, StoredEntry, entry_from_wire, entry_map
+from service.errors import AckwalError, error_from_code
+from service.protocol import PROTOCOL_VERSION, FrameDecoder, ProtocolError, encode_frame
+from wal import RecordType
+
+log = structlog.get_logger("ackwal.client")
+
+SUBSCRIPTION_HIGH_WATER = 256  # pushed batches buffered before the client stops reading
+
+
+class ClientClosedError(ConnectionError):
+    """The client was closed, or could not reconnect in time."""
+
+
+@dataclass(slots=True)
+class _Request:
+    frame: bytes
+    future: asyncio.Future[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class _Subscription:
+    from_seq: int
+    queue: asyncio.Queue[list[dict[str, Any]] | BaseException] = field(
+        default_factory=asyncio.Queue
+    )
+    next_seq: int = 0
+    subscribed: bool = False
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, client: JournalClient, max_frame_bytes: int) -> None:
+        self.client = client
+        self.decoder = FrameDecoder(max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        on_message = self.client._on_message
+        for message in self.decoder.feed(data):
+            if isinstance(message, ProtocolError):
+                log.error("client.bad_frame_from_server", error=message.message)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.client._on_lost(self, exc)
+
+    def write(self, frame: bytes) -> None:
+        self.out.append(frame)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        out, self.out = self.out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+
+class JournalClient:
+    """Connect with ``await JournalClient.connect(socket_path)`` (or ``async with``)."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        *,
+        journal: str = "main",
+        reconnect: bool = True,
+        reconnect_timeout: float = 30.0,
+        max_frame_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.socket_path = socket_path
+        self.journal = journal
+        self.reconnect = reconnect
+        self.reconnect_timeout = reconnect_timeout
+        self.max_frame_bytes = max_frame_bytes
+        self.server_info: dict[str, Any] = {}
+        self.reconnects = 0
+        self._protocol: _ClientProtocol | None = None
+        self._next_id = 1
+        self._pending: dict[int, _Request] = {}
+        self._subs: dict[int, _Subscription] = {}
+        self._closed = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._reading_paused = False
+
+    @classmethod
+    async def connect(cls, socket_path: str, **options: Any) -> JournalClient:
+        client = cls(socket_path, **options)
+        await client._open()
+        return client
+
+    async def __aenter__(self) -> JournalClient:
+        if self._protocol is None:
+            await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- connection management ----------------------------------------------------------------
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_unix_connection(
+            lambda: _ClientProtocol(self, self.max_frame_bytes), self.socket_path
+        )
+        self._protocol = protocol
+        hello_id = self._new_id()
+        hello = encode_frame(
+            {"op": "hello", "id": hello_id, "version": PROTOCOL_VERSION, "journal": self.journal}
+        )
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[hello_id] = _Request(hello, fut)
+        protocol.write(hello)
+        # Everything unanswered goes again, in the original order, after the hello.
+        for rid, req in list(self._pending.items()):
+            if rid != hello_id:
+                protocol.write(req.frame)
+        for sid, sub in self._subs.items():
+            sub.subscribed = False
+            protocol.write(
+                encode_frame(
+                    {
+                        "op": "subscribe",
+                        "id": sid,
+                        "journal": self.journal,
+                        "from_seq": sub.next_seq,
+                    }
+                )
+            )
+        done, _ = await asyncio.wait({fut, protocol.lost}, return_when=asyncio.FIRST_COMPLETED)
+        if fut not in done:
+            self._pending.pop(hello_id, None)
+            raise ConnectionError(
+                f"ackwal at {self.socket_path} closed the connection during hello"
+            )
+        self.server_info = fut.result()
+
+    def _on_lost(self, protocol: _ClientProtocol, exc: Exception | None) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        if self._closed:
+            return
+        if not self.reconnect:
+            self._fail_all(ClientClosedError(f"connection to {self.socket_path} lost: {exc}"))
+            return
+        if self._reconnecting is None:
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        delay = 0.01
+        try:
+            while not self._closed:
+                try:
+                    await self._open()
+                    self.reconnects += 1
+                    log.info(
+                        "client.reconnected", socket=self.socket_path, resent=len(self._pending)
+                    )
+                    return
+                except (OSError, ConnectionError) as exc:
+                    if loop.time() + delay > deadline:
+                        self._fail_all(
+                            ClientClosedError(
+                                f"could not reconnect to {self.socket_path} within "
+                                f"{self.reconnect_timeout}s: {exc}"
+                            )
+                        )
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+        finally:
+            self._reconnecting = None
+
+    def _fail_all(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        for req in pending.values():
+            if not req.future.done():
+                req.future.set_exception(exc)
+        for sub in self._subs.values():
+            sub.queue.put_nowait(exc)
+
+    async def close(self) -> None:
+        """Close the connection; unanswered requests fail with ClientClosedError."""
+        self._closed = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnecting
+        protocol = self._protocol
+        self._protocol = None
+        if protocol is not None and protocol.transport is not None:
+            protocol.flush()
+            protocol.transport.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(protocol.lost, 1.0)
+        self._fail_all(ClientClosedError("client closed"))
+
+    # -- request plumbing ---------------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        rid = self._next_id
+        self._next_id = rid + 1
+        return rid
+
+    def _request(self, message: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        return self._send(message)[1]
+
+    def _send(self, message: dict[str, Any]) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        if self._closed:
+            raise ClientClosedError("client closed")
+        rid = self._new_id()
+        message["id"] = rid
+        if self.journal != "main":
+            message["journal"] = self.journal
+        frame = encode_frame(message)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = _Request(frame, fut)
+        if self._protocol is not None:
+            self._protocol.write(frame)
+        return rid, fut
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        rid = message.get("id")
+        req = self._pending.pop(rid, None) if rid is not None else None
+        if req is not None:
+            if req.future.done():
+                return
+            error = message.get("error")
+            if error is not None:
+                req.future.set_exception(error_from_code(error["code"], error["message"]))
+            else:
+                req.future.set_result(message)
+            return
+        sub = self._subs.get(rid) if type(rid) is int else None
+        if sub is not None and type(rid) is int:
+            if "records" in message:
+                records = message["records"]
+                if records:
+                    sub.next_seq = records[-1]["seq"] + 1
+                    sub.queue.put_nowait(records)
+                    self._throttle()
+            elif "subscribed" in message:
+                sub.subscribed = True
+            elif "error" in message:
+                error = message["error"]
+                self._subs.pop(rid, None)
+                sub.queue.put_nowait(error_from_code(error["code"], error["message"]))
+            return
+        if rid is None and "error" in message:
+            error = message["error"]
+            log.error("client.connection_error", code=error["code"], message=error["message"])
+
+    def _throttle(self) -> None:
+        """Stop reading while a subscription's consumer is far behind (bounded memory)."""
+        backlog = max((s.queue.qsize() for s in self._subs.values()), default=0)
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            return
+        if backlog >= SUBSCRIPTION_HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            protocol.transport.pause_reading()
+        elif backlog < SUBSCRIPTION_HIGH_WATER // 2 and self._reading_paused:
+            self._reading_paused = False
+            protocol.transport.resume_reading()
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def append(
+        self,
+        request_id: uuid.UUID | bytes,
+        command_type: str,
+        command: bytes,
+        *,
+        response: bytes | None = None,
+        events: Iterable[Any] = (),
+        ts_ms: int | None = None,
+        pre_digest: bytes | None = None,
+        post_digest: bytes | None = None,
+        duration_us: int | None = None,
+    ) -> AppendResult:
+        """Append one entry; returns once it is durable (or the original's answer)."""
+        message = entry_map(
+            request_id,
+            command_type,
+            command,
+            response,
+            events,
+            ts_ms,
+            pre_digest,
+            post_digest,
+            duration_us,
+        )
+        message["op"] = "append"
+        reply = await self._request(message)
+        return AppendResult(reply["seq"], reply["duplicate"], reply.get("response"))
+
+    async def append_batch(self, entries: Iterable[dict[str, Any]]) -> list[AppendResult]:
+        """Append several entries (maps with append's fields), committed in one batch.
+
+        Raises the first per-entry error (e.g. HaltedError) if any entry failed.
+        """
+        items = []
+        for e in entries:
+            rid = e.get("request_id")
+            items.append({**e, "request_id": rid.bytes} if isinstance(rid, uuid.UUID) else e)
+        reply = await self._request({"op": "append_batch", "entries": items})
+        results = []
+        for r in reply["results"]:
+            if "error" in r:
+                raise error_from_code(r["error"]["code"], r["error"]["message"])
+            results.append(AppendResult(r["seq"], r["duplicate"], r.get("response")))
+        return results
+
+    async def lookup(self, request_id: uuid.UUID | bytes) -> StoredEntry | None:
+        """The stored entry for ``request_id``, or None (unknown or outside the window)."""
+        rid = request_id.bytes if isinstance(request_id, uuid.UUID) else request_id
+        reply = await self._request({"op": "lookup", "request_id": rid})
+        record = reply["record"]
+        return entry_from_wire(record) if record is not None else None
+
+    async def read(self, from_seq: int = 1, limit: int = 1000) -> list[StoredEntry]:
+        """Durable entries from ``from_seq``, at most ``limit`` (fewer near the end)."""
+        reply = await self._request({"op": "read", "from_seq": from_seq, "limit": limit})
+        return [entry_from_wire(r) for r in reply["records"] if r["type"] == RecordType.ENTRY]
+
+    async def status(self) -> dict[str, Any]:
+        reply = await self._request({"op": "status"})
+        status: dict[str, Any] = reply["status"]
+        return status
+
+    async def subscribe(self, from_seq: int | None = None) -> AsyncIterator[StoredEntry]:
+        """Durable entries from ``from_seq`` (default: only new ones), history then live.
+
+        No gap and no duplicate, also across a reconnect. Stop iterating to unsubscribe.
+        """
+        if from_seq is None:
+            from_seq = int((await self.status())["last_seq"]) + 1
+        sub = _Subscription(from_seq=from_seq, next_seq=from_seq)
+        sid, fut = self._send({"op": "subscribe", "from_seq": from_seq})
+        self._subs[sid] = sub
+        try:
+            await fut
+            while True:
+                item = await sub.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if self._reading_paused:
+                    self._throttle()
+                for record in item:
+                    if record["type"] == RecordType.ENTRY:
+                        yield entry_from_wire(record)
+        finally:
+            self._subs.pop(sid, None)
+            if self._protocol is not None and not self._closed:
+                with contextlib.suppress(AckwalError, ConnectionError):
+                    self._request({"op": "unsubscribe", "subscription": sid}).add_done_callback(
+                        _ignore_result
+                    )
+
+
+def _ignore_result(fut: asyncio.Future[dict[str, Any]]) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,258 @@
+"""Journal entries: validation of what a client sends, and the WAL payload they become.
+
+An ENTRY record's payload is a msgpack array (docs/FORMAT.md, "Entry payload")::
+
+    [1, request_id, recv_ms, command_type, command, response, events, ts_ms,
+     pre_digest, post_digest, duration_us]
+
+``1`` is the payload version, ``recv_ms`` the server's wall clock when it accepted the entry
+(used for the idempotency window); every other field is stored exactly as the client sent it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+
+from service.protocol import ErrorCode, ProtocolError
+
+ENTRY_PAYLOAD_VERSION: Final = 1
+ENTRY_FIELDS: Final = frozenset(
+    {
+        "request_id",
+        "command_type",
+        "command",
+        "response",
+        "events",
+        "ts_ms",
+        "pre_digest",
+        "post_digest",
+        "duration_us",
+    }
+)
+ENVELOPE_FIELDS: Final = frozenset({"op", "id", "journal"})
+APPEND_FIELDS: Final = ENTRY_FIELDS | ENVELOPE_FIELDS
+EVENT_FIELDS: Final = frozenset({"type", "key", "data"})
+MAX_COMMAND_TYPE_LEN: Final = 256
+_I64_MAX: Final = (1 << 63) - 1
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_REQUEST, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event a command produced: emitted to subscribers once the entry is durable."""
+
+    type: str
+    data: bytes = b""
+    key: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "key": self.key, "data": self.data}
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEntry:
+    """A validated entry, ready to be queued: its request id, WAL payload and stored response."""
+
+    request_id: bytes
+    payload: bytes
+    response: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """An ENTRY record as read back from the journal."""
+
+    seq: int
+    request_id: bytes
+    recv_ms: int
+    command_type: str
+    command: bytes
+    response: bytes | None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    ts_ms: int | None = None
+    pre_digest: bytes | None = None
+    post_digest: bytes | None = None
+    duration_us: int | None = None
+
+    @property
+    def request_uuid(self) -> uuid.UUID:
+        return uuid.UUID(bytes=self.request_id)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The map the protocol returns for a stored record (``lookup``, ``read``)."""
+        return {
+            "seq": self.seq,
+            "request_id": self.request_id,
+            "recv_ms": self.recv_ms,
+            "command_type": self.command_type,
+            "command": self.command,
+            "response": self.response,
+            "events": self.events,
+            "ts_ms": self.ts_ms,
+            "pre_digest": self.pre_digest,
+            "post_digest": self.post_digest,
+            "duration_us": self.duration_us,
+        }
+
+
+def _opt_bin(message: dict[str, Any], name: str) -> bytes | None:
+    value = message.get(name)
+    if value is None or type(value) is bytes:
+        return value
+    raise _bad(f"field '{name}' must be binary (msgpack bin) or nil, got {type(value).__name__}")
+
+
+def _opt_int(message: dict[str, Any], name: str, minimum: int) -> int | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or not minimum <= value <= _I64_MAX:
+        raise _bad(f"field '{name}' must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_request_id(value: Any) -> bytes:
+    """A request id is a UUID sent as exactly 16 bytes of msgpack bin."""
+    if type(value) is not bytes:
+        if value is None:
+            raise _bad("field 'request_id' is required (16-byte binary UUID)")
+        raise _bad(f"field 'request_id' must be a 16-byte binary UUID, got {type(value).__name__}")
+    if len(value) != 16:
+        raise _bad(f"field 'request_id' must be 16 bytes (binary UUID), got {len(value)} bytes")
+    return value
+
+
+def _check_events(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if type(value) is not list:
+        raise _bad(f"field 'events' must be a list of maps, got {type(value).__name__}")
+    for i, event in enumerate(value):
+        if type(event) is not dict:
+            raise _bad(f"events[{i}] must be a map, got {type(event).__name__}")
+        unknown = event.keys() - EVENT_FIELDS
+        if unknown:
+            raise _bad(f"events[{i}] has unknown field(s) {sorted(map(str, unknown))}")
+        etype = event.get("type")
+        if type(etype) is not str or not etype:
+            raise _bad(f"events[{i}].type must be a non-empty string")
+        key = event.get("key")
+        if key is not None and type(key) is not str:
+            raise _bad(f"events[{i}].key must be a string or nil")
+        data = event.get("data", b"")
+        if type(data) is not bytes:
+            raise _bad(f"events[{i}].data must be binary")
+    return value
+
+
+def prepare_entry(
+    message: dict[str, Any],
+    recv_ms: int,
+    max_payload: int,
+    allowed: frozenset[str] = ENTRY_FIELDS,
+) -> PreparedEntry:
+    """Validate one entry map (an ``append`` request, or one item of ``append_batch``).
+
+    Raises ``bad_request`` naming the first problem, or ``entry_too_large``. ``allowed`` is the
+    set of keys the map may hold (an ``append`` request also carries op, id and journal).
+    """
+    unknown = message.keys() - allowed
+    if unknown:
+        raise _bad(f"unknown field(s) {sorted(map(str, unknown))} in entry")
+    request_id = check_request_id(message.get("request_id"))
+    command_type = message.get("command_type")
+    if type(command_type) is not str or not 0 < len(command_type) <= MAX_COMMAND_TYPE_LEN:
+        raise _bad(f"field 'command_type' must be a string of 1..{MAX_COMMAND_TYPE_LEN} characters")
+    command = message.get("command")
+    if type(command) is not bytes:
+        raise _bad("field 'command' is required and must be binary (msgpack bin)")
+    response = _opt_bin(message, "response")
+    events = _check_events(message.get("events"))
+    payload = _packer.pack(
+        [
+            ENTRY_PAYLOAD_VERSION,
+            request_id,
+            recv_ms,
+            command_type,
+            command,
+            response,
+            events,
+            _opt_int(message, "ts_ms", 0),
+            _opt_bin(message, "pre_digest"),
+            _opt_bin(message, "post_digest"),
+            _opt_int(message, "duration_us", 0),
+        ]
+    )
+    if len(payload) > max_payload:
+        raise ProtocolError(
+            ErrorCode.ENTRY_TOO_LARGE,
+            f"entry encodes to {len(payload)} bytes; the maximum record size is {max_payload}",
+        )
+    return PreparedEntry(request_id, payload, response)
+
+
+def decode_entry(seq: int, payload: bytes) -> StoredEntry:
+    """Decode an ENTRY record's payload (ValueError if it is not one this version knows)."""
+    fields = msgpack.unpackb(payload, raw=False)
+    if type(fields) is not list or len(fields) != 11 or fields[0] != ENTRY_PAYLOAD_VERSION:
+        raise ValueError(f"record {seq} is not a version-{ENTRY_PAYLOAD_VERSION} entry payload")
+    return StoredEntry(seq, *fields[1:])
+
+
+def entry_request_id(payload: bytes) -> tuple[bytes, int]:
+    """(request_id, recv_ms) of an ENTRY payload: used to rebuild the idempotency index."""
+    fields = msgpack.unpackb(payload, raw=False)
+    return fields[1], fields[2]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    seq: int
+    duplicate: bool
+    response: bytes | None = None
+
+
+def entry_map(
+    request_id: uuid.UUID | bytes,
+    command_type: str,
+    command: bytes,
+    response: bytes | None = None,
+    events: Iterable[dict[str, Any]] = (),
+    ts_ms: int | None = None,
+    pre_digest: bytes | None = None,
+    post_digest: bytes | None = None,
+    duration_us: int | None = None,
+) -> dict[str, Any]:
+    """The protocol map of one entry, from Python arguments (UUIDs become 16 bytes)."""
+    m: dict[str, Any] = {
+        "request_id": request_id.bytes if isinstance(request_id, uuid.UUID) else request_id,
+        "command_type": command_type,
+        "command": command,
+        "events": [e.to_wire() if hasattr(e, "to_wire") else e for e in events],
+    }
+    for key, value in (
+        ("response", response),
+        ("ts_ms", ts_ms),
+        ("pre_digest", pre_digest),
+        ("post_digest", post_digest),
+        ("duration_us", duration_us),
+    ):
+        if value is not None:
+            m[key] = value
+    return m
+
+
+def entry_from_wire(record: dict[str, Any]) -> StoredEntry:
+    """A StoredEntry from a protocol record map (``{"seq", "type", "data"}`` with type 1)."""
+    data = record["data"]
+    return StoredEntry(record["seq"], *data[1:])

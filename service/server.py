@@ -1,0 +1,113 @@
+"""The Unix-socket server: socket set-up, connection registry, ordered shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from collections import Counter
+
+import structlog
+
+from service.connection import Connection
+from service.journal import Journal
+from service.settings import Settings
+
+log = structlog.get_logger("ackwal.server")
+
+
+class SocketInUseError(RuntimeError):
+    """Another process answers on the configured socket path."""
+
+
+def prepare_socket_path(path: str) -> None:
+    """Create the socket's directory; remove a stale socket file only if nothing answers on it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketInUseError(
+            f"socket path {path} exists and is not a socket; refusing to remove it"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)
+        log.info("server.stale_socket_removed", path=path)
+        return
+    except OSError as exc:
+        raise SocketInUseError(f"cannot probe socket {path}: {exc}") from exc
+    finally:
+        probe.close()
+    raise SocketInUseError(f"another server is listening on {path}")
+
+
+class Server:
+    """Accepts connections on the Unix socket and hands them the journals."""
+
+    def __init__(self, settings: Settings, journals: dict[str, Journal]) -> None:
+        self.settings = settings
+        self.journals = journals
+        self.stopping = False
+        self.errors: Counter[str] = Counter()
+        self._connections: set[Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self.socket_path = os.path.abspath(settings.socket_path)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def register(self, conn: Connection) -> bool:
+        if self.stopping or len(self._connections) >= self.settings.max_connections:
+            return False
+        self._connections.add(conn)
+        return True
+
+    def unregister(self, conn: Connection) -> None:
+        self._connections.discard(conn)
+
+    def count_error(self, code: str) -> None:
+        self.errors[code] += 1
+
+    async def start(self) -> None:
+        prepare_socket_path(self.socket_path)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(
+            lambda: Connection(self), self.socket_path, backlog=1024
+        )
+        os.chmod(self.socket_path, int(self.settings.socket_mode, 8))
+        log.info("server.listening", socket=self.socket_path, mode=self.settings.socket_mode)
+
+    async def stop_accepting(self) -> None:
+        """Step one of shutdown: no new connections, no new requests on existing ones."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.stop_reading()
+
+    async def close_connections(self, timeout: float) -> None:
+        """Last step: flush replies, then close every connection (abort after ``timeout``)."""
+        for conn in list(self._connections):
+            conn.flush_now()
+            if conn.transport is not None:
+                conn.transport.close()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self._connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)

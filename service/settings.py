@@ -1,0 +1,368 @@
+"""One typed settings object, layered: defaults < TOML file < environment (``ACKWAL_*``) < flags.
+
+Every value is validated at start; an invalid one is rejected with a message naming the key,
+the value, where it came from and what is allowed. ``origin`` remembers where each effective
+value came from (``ackwal config show``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+ENV_PREFIX: Final = "ACKWAL_"
+
+Source = Literal["default", "file", "env", "flag"]
+
+
+class SettingsError(ValueError):
+    """An invalid configuration value; the message says key, value, source and what is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    key: str
+    kind: type
+    default: Any
+    doc: str
+    unit: str = ""
+    check: Callable[[Any], str | None] | None = None  # returns what is allowed, when violated
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _range(lo: float, hi: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if lo <= value <= hi else f"a value from {_num(lo)} to {_num(hi)}"
+
+    return check
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in options else "one of " + ", ".join(options)
+
+    return check
+
+
+def _octal_mode(value: Any) -> str | None:
+    try:
+        mode = int(str(value), 8)
+    except ValueError:
+        return "an octal file mode such as 0660"
+    return None if 0 <= mode <= 0o777 else "an octal file mode from 0000 to 0777"
+
+
+def _nonempty(value: Any) -> str | None:
+    return None if str(value).strip() else "a non-empty path"
+
+
+def _addr(value: Any) -> str | None:
+    if value == "":
+        return None
+    _host, sep, port = str(value).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return "HOST:PORT (port 0-65535), or an empty string to disable"
+    return None
+
+
+MiB: Final = 1024 * 1024
+
+SPECS: Final[tuple[Spec, ...]] = (
+    Spec(
+        "data_dir",
+        str,
+        "./data",
+        "Directory of the journal's WAL segments (one owner).",
+        check=_nonempty,
+    ),
+    Spec(
+        "socket_path", str, "./run/ackwal.sock", "Unix socket engines connect to.", check=_nonempty
+    ),
+    Spec("socket_mode", str, "0660", "File mode of the socket (octal).", check=_octal_mode),
+    Spec(
+        "metrics_addr",
+        str,
+        "127.0.0.1:9464",
+        "HOST:PORT of the metrics/health HTTP endpoint; empty disables it.",
+        check=_addr,
+    ),
+    Spec(
+        "log_format",
+        str,
+        "auto",
+        "auto (console on a terminal, JSON otherwise), json or console.",
+        check=_choice("auto", "json", "console"),
+    ),
+    Spec(
+        "log_level",
+        str,
+        "info",
+        "Minimum log level.",
+        check=_choice("debug", "info", "warning", "error", "critical"),
+    ),
+    Spec(
+        "max_connections",
+        int,
+        1024,
+        "Concurrent client connections; more are refused with 'busy'.",
+        check=_range(1, 1_000_000),
+    ),
+    Spec(
+        "max_frame_bytes",
+        int,
+        8 * MiB,
+        "Largest request frame accepted.",
+        "bytes",
+        _range(1024, 1024 * MiB),
+    ),
+    Spec(
+        "max_inflight_per_connection",
+        int,
+        4096,
+        "Unanswered requests per connection before its reads pause.",
+        check=_range(1, 1_000_000),
+    ),
+    Spec(
+        "write_timeout",
+        float,
+        30.0,
+        "How long a client may leave replies unread (buffer full) before it is disconnected.",
+        "seconds",
+        _range(0.1, 86400),
+    ),
+    Spec(
+        "shutdown_timeout",
+        float,
+        10.0,
+        "Graceful shutdown waits this long for in-flight work.",
+        "seconds",
+        _range(0, 3600),
+    ),
+    Spec(
+        "queue_capacity",
+        int,
+        65536,
+        "Entries waiting for the batcher; when full, appends wait (backpressure).",
+        "entries",
+        _range(1, 100_000_000),
+    ),
+    Spec(
+        "max_batch_entries",
+        int,
+        4096,
+        "Most entries written by one write + fdatasync.",
+        "entries",
+        _range(1, 1_000_000),
+    ),
+    Spec(
+        "max_batch_bytes",
+        int,
+        8 * MiB,
+        "Most payload bytes in one batch.",
+        "bytes",
+        _range(1024, 1024 * MiB),
+    ),
+    Spec(
+        "max_batch_latency",
+        float,
+        0.0,
+        "Extra time the batcher waits to fill a batch (0: group commit only).",
+        "seconds",
+        _range(0, 1),
+    ),
+    Spec(
+        "halt_threshold",
+        float,
+        30.0,
+        "Queue full and no batch completed for this long: fail stop.",
+        "seconds",
+        _range(0.1, 86400),
+    ),
+    Spec(
+        "exit_on_halt",
+        bool,
+        True,
+        "Exit non-zero after a fail-stop so a supervisor restarts into recovery.",
+    ),
+    Spec(
+        "idempotency_window",
+        float,
+        86400.0,
+        "Request ids are remembered this long; older ones count as new.",
+        "seconds",
+        _range(0, 365 * 86400),
+    ),
+    Spec(
+        "idempotency_max_entries",
+        int,
+        5_000_000,
+        "Most request ids remembered (oldest forgotten first).",
+        "entries",
+        _range(0, 1_000_000_000),
+    ),
+    Spec(
+        "sync_mode",
+        str,
+        "fdatasync",
+        "fdatasync (default), fsync, or none (UNSAFE: tests/benchmarks only).",
+        check=_choice("fdatasync", "fsync", "none"),
+    ),
+    Spec(
+        "segment_size",
+        int,
+        64 * MiB,
+        "WAL segment size; a new segment is cut beyond it.",
+        "bytes",
+        _range(64 * 1024, 16 * 1024 * MiB),
+    ),
+    Spec(
+        "max_record_size", int, 4 * MiB, "Largest encoded entry.", "bytes", _range(1024, 1024 * MiB)
+    ),
+    Spec("preallocate", bool, True, "Zero-fill segments ahead of time (faster fdatasync on ext4)."),
+)
+SPEC_BY_KEY: Final = {s.key: s for s in SPECS}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: str = "./data"
+    socket_path: str = "./run/ackwal.sock"
+    socket_mode: str = "0660"
+    metrics_addr: str = "127.0.0.1:9464"
+    log_format: str = "auto"
+    log_level: str = "info"
+    max_connections: int = 1024
+    max_frame_bytes: int = 8 * MiB
+    max_inflight_per_connection: int = 4096
+    write_timeout: float = 30.0
+    shutdown_timeout: float = 10.0
+    queue_capacity: int = 65536
+    max_batch_entries: int = 4096
+    max_batch_bytes: int = 8 * MiB
+    max_batch_latency: float = 0.0
+    halt_threshold: float = 30.0
+    exit_on_halt: bool = True
+    idempotency_window: float = 86400.0
+    idempotency_max_entries: int = 5_000_000
+    sync_mode: str = "fdatasync"
+    segment_size: int = 64 * MiB
+    max_record_size: int = 4 * MiB
+    preallocate: bool = True
+    origin: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def effective(self) -> list[tuple[str, Any, str]]:
+        """(key, value, source) for every setting, in documentation order."""
+        return [(s.key, getattr(self, s.key), self.origin.get(s.key, "default")) for s in SPECS]
+
+
+def _coerce(spec: Spec, raw: Any, source: str) -> Any:
+    """Convert ``raw`` (a TOML value or an env/flag string) to the spec's type, or raise."""
+
+    def fail(allowed: str) -> SettingsError:
+        return SettingsError(
+            f"invalid setting {spec.key} = {raw!r} (from {source}): expected {allowed}"
+        )
+
+    value: Any
+    if spec.kind is bool:
+        if isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on"):
+            value = True
+        elif isinstance(raw, str) and raw.strip().lower() in ("0", "false", "no", "off"):
+            value = False
+        else:
+            raise fail("true or false")
+    elif spec.kind is int:
+        if isinstance(raw, bool):
+            raise fail("an integer")
+        if isinstance(raw, int):
+            value = raw
+        elif isinstance(raw, str):
+            try:
+                value = int(raw.strip().replace("_", ""), 0)
+            except ValueError:
+                raise fail("an integer") from None
+        else:
+            raise fail("an integer")
+    elif spec.kind is float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise fail("a number")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise fail("a number") from None
+        if math.isnan(value) or math.isinf(value):
+            raise fail("a number")
+    else:
+        if not isinstance(raw, str):
+            raise fail("a string")
+        value = raw
+    if spec.check is not None:
+        allowed = spec.check(value)
+        if allowed is not None:
+            raise fail(allowed)
+    return value
+
+
+def load_settings(
+    config_path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the effective settings from a TOML file, the environment and command-line flags."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if config_path is not None:
+        try:
+            with open(config_path, "rb") as f:
+                doc = tomllib.load(f)
+        except FileNotFoundError:
+            raise SettingsError(f"config file {config_path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {config_path} is not valid TOML: {exc}") from None
+        for key, raw in doc.items():
+            spec = SPEC_BY_KEY.get(key)
+            if spec is None:
+                raise SettingsError(
+                    f"unknown setting {key!r} in {config_path}; known settings: "
+                    + ", ".join(SPEC_BY_KEY)
+                )
+            values[key] = _coerce(spec, raw, f"file {config_path}")
+            origin[key] = f"file {config_path}"
+    environ = os.environ if env is None else env
+    for spec in SPECS:
+        name = ENV_PREFIX + spec.key.upper()
+        if name in environ:
+            values[spec.key] = _coerce(spec, environ[name], f"environment {name}")
+            origin[spec.key] = f"environment {name}"
+    for key, raw in (flags or {}).items():
+        if raw is None:
+            continue
+        spec = SPEC_BY_KEY.get(key)
+        if spec is None:
+            raise SettingsError(
+                f"unknown setting {key!r}; known settings: " + ", ".join(SPEC_BY_KEY)
+            )
+        values[key] = _coerce(spec, raw, f"flag --{key.replace('_', '-')}")
+        origin[key] = f"flag --{key.replace('_', '-')}"
+    settings = Settings(**values, origin=origin)
+    if settings.max_record_size > settings.segment_size // 2:
+        raise SettingsError(
+            f"invalid setting max_record_size = {settings.max_record_size} "
+            f"(from {origin.get('max_record_size', 'default')}): expected at most half of "
+            f"segment_size ({settings.segment_size})"
+        )
+    return settings
