@@ -20,6 +20,7 @@ from service import __version__
 from service.journal import Journal
 from service.server import Server
 from service.settings import Settings
+from wal.fileio import OS_FILES, FileLayer
 
 log = structlog.get_logger("ackwal")
 
@@ -31,8 +32,9 @@ EXIT_FORCED = 130
 class Service:
     """The whole service for one settings object; ``run()`` returns the process exit code."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, fs: FileLayer = OS_FILES) -> None:
         self.settings = settings
+        self.fs = fs
         self.journals: dict[str, Journal] = {}
         self.server: Server | None = None
         self.exit_code = EXIT_OK
@@ -41,7 +43,7 @@ class Service:
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
-        journal = await Journal.open(self.settings, "main")
+        journal = await Journal.open(self.settings, "main", fs=self.fs)
         self.journals["main"] = journal
         journal.on_halt(self._on_halt)
         try:

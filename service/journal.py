@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import time
 import uuid
 from collections import deque
@@ -35,6 +36,7 @@ from service.idempotency import IdempotencyIndex
 from service.protocol import ErrorCode
 from service.settings import Settings
 from wal import Record, RecordType, Wal, WalError, WalOptions
+from wal.fileio import OS_FILES, FileLayer
 from wal.reader import SeqOutOfRangeError
 
 log = structlog.get_logger("ackwal.journal")
@@ -131,8 +133,14 @@ class Journal:
     # -- lifecycle ----------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, settings: Settings, name: str = "main") -> Journal:
-        """Open and recover the WAL off the loop, rebuild the idempotency index, start batching."""
+    async def open(
+        cls, settings: Settings, name: str = "main", *, fs: FileLayer = OS_FILES
+    ) -> Journal:
+        """Open and recover the WAL off the loop, rebuild the idempotency index, start batching.
+
+        ``fs`` is the WAL's file layer: tests pass :class:`wal.faultfs.FaultyFileLayer` to inject
+        disk faults below the WAL; everything above it runs for real.
+        """
         options = WalOptions(
             segment_size=settings.segment_size,
             max_record_size=settings.max_record_size,
@@ -146,7 +154,9 @@ class Journal:
                 detail="ACKs are NOT durable: for tests and benchmarks only",
             )
         loop = asyncio.get_running_loop()
-        wal = await loop.run_in_executor(None, Wal.open, settings.data_dir, options)
+        wal = await loop.run_in_executor(
+            None, functools.partial(Wal.open, settings.data_dir, options, fs=fs)
+        )
         journal = cls(name, wal, settings)
         try:
             await loop.run_in_executor(None, journal._rebuild_index)
