@@ -248,6 +248,11 @@ class Journal:
             "subscribers": self.fanout.count,
             "idempotency_entries": len(self.index),
             "segments": len(self.wal.segments()),
+            "appended": self.stats.appended,
+            "duplicates": self.stats.duplicates,
+            "batches": self.stats.batches,
+            "bytes_written": self.stats.bytes_written,
+            "backpressure_events": self.stats.backpressure_events,
         }
 
     # -- appending (core, non-blocking) -------------------------------------------------------
