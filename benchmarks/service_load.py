@@ -1,0 +1,277 @@
+"""Closed-loop load over the Unix socket, plus append_batch and the embedded (in-process) rate.
+
+Starts ``ackwal serve`` as a subprocess on a temporary data directory, then for each client
+count runs that many JournalClient connections, each appending a unique request id with a
+256-byte command and waiting for its ACK before the next (closed loop), for a fixed duration
+after a warm-up. Prints acked appends/s, latency percentiles, mean batch size, fdatasyncs/s and
+server/client CPU; writes JSON.
+
+    .venv/bin/python benchmarks/service_load.py [--seconds 5] [--clients 1,8,64,256] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import structlog
+import uvloop
+
+from service.client import JournalClient
+from service.journal import Journal
+from service.settings import load_settings
+
+COMMAND = os.urandom(256)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def self_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    idx = min(len(sorted_values) - 1, int(q * len(sorted_values)))
+    return sorted_values[idx]
+
+
+async def closed_loop(
+    clients: list[JournalClient], seconds: float, warmup: float, batch: int = 0
+) -> tuple[int, list[float], float]:
+    """Run every client in a closed loop; returns (acked entries, latencies in ms, elapsed)."""
+    latencies: list[float] = []
+    acked = 0
+    loop = asyncio.get_running_loop()
+    start_measure = loop.time() + warmup
+    stop = start_measure + seconds
+
+    async def one(client: JournalClient) -> None:
+        nonlocal acked
+        while True:
+            t0 = time.perf_counter()
+            if batch:
+                await client.append_batch(
+                    [
+                        {
+                            "request_id": uuid.uuid4().bytes,
+                            "command_type": "NewOrder",
+                            "command": COMMAND,
+                        }
+                        for _ in range(batch)
+                    ]
+                )
+                n = batch
+            else:
+                await client.append(uuid.uuid4().bytes, "NewOrder", COMMAND)
+                n = 1
+            now = loop.time()
+            if now >= stop:
+                return
+            if now >= start_measure:
+                latencies.append((time.perf_counter() - t0) * 1000)
+                acked += n
+
+    await asyncio.gather(*(one(c) for c in clients))
+    return acked, latencies, seconds
+
+
+async def socket_point(
+    socket_path: str, server_pid: int, n: int, seconds: float, warmup: float, batch: int = 0
+) -> dict[str, Any]:
+    clients = [await JournalClient.connect(socket_path, reconnect=False) for _ in range(n)]
+    try:
+        before = await clients[0].status()
+        srv0, cli0 = proc_cpu_seconds(server_pid), self_cpu_seconds()
+        acked, lat, elapsed = await closed_loop(clients, seconds, warmup, batch)
+        srv1, cli1 = proc_cpu_seconds(server_pid), self_cpu_seconds()
+        after = await clients[0].status()
+    finally:
+        for c in clients:
+            await c.close()
+    lat.sort()
+    batches = after["batches"] - before["batches"]
+    total = after["appended"] - before["appended"]
+    wall = seconds + warmup
+    return {
+        "clients": n,
+        "entries_per_request": batch or 1,
+        "acked_per_s": round(acked / elapsed),
+        "p50_ms": round(percentile(lat, 0.50), 3),
+        "p99_ms": round(percentile(lat, 0.99), 3),
+        "p999_ms": round(percentile(lat, 0.999), 3),
+        "mean_batch": round(total / batches, 1) if batches else 0.0,
+        "fdatasyncs_per_s": round(batches / wall),
+        "server_cpu": round((srv1 - srv0) / wall, 2),
+        "client_cpu": round((cli1 - cli0) / wall, 2),
+    }
+
+
+async def embedded_point(data_dir: str, n: int, seconds: float, warmup: float) -> dict[str, Any]:
+    settings = load_settings(flags={"data_dir": data_dir, "socket_path": "unused"})
+    journal = await Journal.open(settings)
+    latencies: list[float] = []
+    acked = 0
+    loop = asyncio.get_running_loop()
+    start_measure = loop.time() + warmup
+    stop = start_measure + seconds
+
+    async def one() -> None:
+        nonlocal acked
+        while True:
+            t0 = time.perf_counter()
+            await journal.append(uuid.uuid4().bytes, "NewOrder", COMMAND)
+            now = loop.time()
+            if now >= stop:
+                return
+            if now >= start_measure:
+                latencies.append((time.perf_counter() - t0) * 1000)
+                acked += 1
+
+    cpu0 = self_cpu_seconds()
+    b0 = journal.stats.batches
+    await asyncio.gather(*(one() for _ in range(n)))
+    cpu1 = self_cpu_seconds()
+    batches = journal.stats.batches - b0
+    await journal.close()
+    latencies.sort()
+    return {
+        "clients": n,
+        "mode": "embedded",
+        "acked_per_s": round(acked / seconds),
+        "p50_ms": round(percentile(latencies, 0.5), 3),
+        "p99_ms": round(percentile(latencies, 0.99), 3),
+        "p999_ms": round(percentile(latencies, 0.999), 3),
+        "mean_batch": round(journal.stats.appended / journal.stats.batches, 1) if batches else 0,
+        "fdatasyncs_per_s": round(batches / (seconds + warmup)),
+        "process_cpu": round((cpu1 - cpu0) / (seconds + warmup), 2),
+    }
+
+
+def start_server(data_dir: str, socket_path: str, sync_mode: str) -> subprocess.Popen[bytes]:
+    exe = os.path.join(os.path.dirname(sys.executable), "ackwal")
+    proc = subprocess.Popen(
+        [
+            exe,
+            "serve",
+            "--data-dir",
+            data_dir,
+            "--socket",
+            socket_path,
+            "--log-format",
+            "json",
+            "--log-level",
+            "warning",
+            "--metrics-addr",
+            "",
+            "--sync-mode",
+            sync_mode,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not os.path.exists(socket_path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"server did not start: {err}")
+        time.sleep(0.05)
+    return proc
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    cols = list(rows[0].keys())
+    for r in rows[1:]:
+        cols += [k for k in r if k not in cols]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---:|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    work = tempfile.mkdtemp(prefix="ackwal-bench-", dir=args.dir)
+    try:
+        sock = os.path.join(work, "ackwal.sock")
+        server = start_server(os.path.join(work, "data"), sock, args.sync_mode)
+        try:
+            for n in args.clients:
+                row = await socket_point(sock, server.pid, n, args.seconds, args.warmup)
+                row["mode"] = "socket append"
+                rows.append(row)
+                print(row, flush=True)
+            if args.batch:
+                row = await socket_point(sock, server.pid, 64, args.seconds, args.warmup, 64)
+                row["mode"] = "socket append_batch(64)"
+                rows.append(row)
+                print(row, flush=True)
+        finally:
+            server.terminate()
+            server.wait(30)
+        if args.embedded:
+            row = await embedded_point(
+                os.path.join(work, "embedded"), 64, args.seconds, args.warmup
+            )
+            rows.append(row)
+            print(row, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--clients", default="1,8,64,256")
+    parser.add_argument("--no-batch", dest="batch", action="store_false")
+    parser.add_argument("--no-embedded", dest="embedded", action="store_false")
+    parser.add_argument("--sync-mode", default="fdatasync", choices=["fdatasync", "fsync", "none"])
+    parser.add_argument("--quick", action="store_true", help="1 s points, 1 and 64 clients")
+    parser.add_argument("--dir", default=".", help="directory on the disk to measure")
+    parser.add_argument("--json", default="benchmarks/results/service_load.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.warmup, args.clients = 1.0, 0.3, "1,64"
+    args.clients = [int(x) for x in args.clients.split(",")]
+    rows = uvloop.run(run(args))
+    print()
+    print_table(rows)
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(
+            {
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "seconds_per_point": args.seconds,
+                "sync_mode": args.sync_mode,
+                "rows": rows,
+            },
+            f,
+            indent=2,
+        )
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
