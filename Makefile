@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check wal service tests benchmarks
-	$(BIN)/ruff format --check wal service tests benchmarks
+	$(BIN)/ruff check wal service tests benchmarks examples
+	$(BIN)/ruff format --check wal service tests benchmarks examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict wal service
