@@ -18,6 +18,7 @@ import uvloop
 
 from service import __version__
 from service.journal import Journal
+from service.metrics import MetricsEndpoint
 from service.server import Server
 from service.settings import Settings
 from wal.fileio import OS_FILES, FileLayer
@@ -41,15 +42,35 @@ class Service:
         self._stop = asyncio.Event()
         self._signals = 0
         self.ready = asyncio.Event()
+        self.metrics: MetricsEndpoint | None = None
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for /readyz: recovered, socket bound, not halted, not stopping."""
+        if not self.ready.is_set():
+            return False, "starting: recovery or socket binding not finished"
+        halted = [j.name for j in self.journals.values() if j.halted is not None]
+        if halted:
+            return False, f"halted: {', '.join(halted)}"
+        if self._stop.is_set():
+            return False, "shutting down"
+        return True, "ready"
 
     async def start(self) -> None:
         journal = await Journal.open(self.settings, "main", fs=self.fs)
         self.journals["main"] = journal
         journal.on_halt(self._on_halt)
         try:
+            if self.settings.metrics_addr:
+                host, _, port = self.settings.metrics_addr.rpartition(":")
+                self.metrics = MetricsEndpoint(self, host.strip("[]") or "0.0.0.0", int(port))
+                self.metrics.start()
+                log.info("metrics.listening", addr=f"{self.metrics.host}:{self.metrics.port}")
             self.server = Server(self.settings, self.journals)
             await self.server.start()
         except BaseException:
+            if self.metrics is not None:
+                self.metrics.stop()
+                self.metrics = None
             await journal.close()
             raise
         self.ready.set()
@@ -99,6 +120,8 @@ class Service:
                 log.error("service.journal_close_timeout", journal=journal.name, timeout=timeout)
         if self.server is not None:
             await self.server.close_connections(timeout=min(timeout, 5.0))
+        if self.metrics is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.metrics.stop)
         log.info("service.stopped", exit_code=self.exit_code)
 
     async def run(self, on_ready: Callable[[Service], None] | None = None) -> int:

@@ -14,6 +14,7 @@ Flow control, so that no client can hurt another:
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
@@ -110,6 +111,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
         self._waiting_for_space = False
         self._subs: dict[int, tuple[Journal, Subscription]] = {}
         self._loop = asyncio.get_running_loop()
+        self._t = 0.0  # perf_counter() of the current read, for latency metrics
 
     # -- transport callbacks ------------------------------------------------------------------
 
@@ -159,6 +161,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
 
     def data_received(self, data: bytes) -> None:
         recv = now_ms()
+        self._t = time.perf_counter()
         for message in self.decoder.feed(data):
             if isinstance(message, ProtocolError):
                 self.server.count_error(message.code)
@@ -181,7 +184,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
                 journal = self._journal(message)
                 entry = prepare_entry(message, recv, self.max_record_size, APPEND_FIELDS)
                 self.inflight += 1
-                journal.submit(entry, self, rid)
+                journal.submit(entry, self, rid, self._t)
                 if journal.queue_full:
                     self._wait_for_space(journal)
                 return
@@ -195,12 +198,20 @@ class Connection(asyncio.Protocol, SubscriberSink):
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "send 'hello' before any other op")
             handler(self, message, rid, recv)
         except ProtocolError as exc:
+            if op in ("append", "append_batch"):
+                self._count_rejected(message, exc.code)
             self._reply_error(rid, exc.code, exc.message)
         except AckwalError as exc:
             self._reply_error(rid, exc.code, exc.message)
         except Exception as exc:  # a bug must cost this request, never the service
             log.exception("connection.internal_error", op=op)
             self._reply_error(rid, ErrorCode.INTERNAL, f"internal error: {exc}")
+
+    def _count_rejected(self, message: dict[str, Any], code: str) -> None:
+        name = message.get("journal", "main")
+        journal = self.server.journals.get(name) if isinstance(name, str) else None
+        if journal is not None:
+            journal.count_rejected(code)
 
     def _journal(self, message: dict[str, Any]) -> Journal:
         name = message.get("journal", "main")
@@ -261,7 +272,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
                 raise ProtocolError(exc.code, f"entries[{i}]: {exc.message}") from None
         self.inflight += 1
         collector = BatchReply(self, rid, len(entries))
-        journal.submit_group(entries, [(collector, i) for i in range(len(entries))])
+        journal.submit_group(entries, [(collector, i) for i in range(len(entries))], self._t)
         if journal.queue_full:
             self._wait_for_space(journal)
 

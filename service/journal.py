@@ -33,6 +33,7 @@ from service.entry import (
 from service.errors import AckwalError, error_from_code
 from service.fanout import Fanout, SubscriberSink
 from service.idempotency import IdempotencyIndex
+from service.metrics import JournalMetrics
 from service.protocol import ErrorCode
 from service.settings import Settings
 from wal import Record, RecordType, Wal, WalError, WalOptions
@@ -53,12 +54,15 @@ class AckSink(Protocol):
 class Pending:
     """An entry waiting in the queue or in the batch being written."""
 
-    __slots__ = ("dups", "entry", "group", "sink", "token")
+    __slots__ = ("dups", "entry", "group", "sink", "t", "token")
 
-    def __init__(self, entry: PreparedEntry, sink: AckSink, token: Any, group: int = 1) -> None:
+    def __init__(
+        self, entry: PreparedEntry, sink: AckSink, token: Any, t: float, group: int = 1
+    ) -> None:
         self.entry = entry
         self.sink = sink
         self.token = token
+        self.t = t  # perf_counter() when the request was received
         self.group = group  # entries that must go into the same batch, counted on the first one
         self.dups: list[tuple[AckSink, Any]] | None = None
 
@@ -106,6 +110,7 @@ class Journal:
         self.wal = wal
         self.settings = settings
         self.stats = JournalStats()
+        self.metrics = JournalMetrics()
         self.index = IdempotencyIndex(
             int(settings.idempotency_window * 1000), settings.idempotency_max_entries
         )
@@ -257,39 +262,49 @@ class Journal:
 
     # -- appending (core, non-blocking) -------------------------------------------------------
 
-    def submit(self, entry: PreparedEntry, sink: AckSink, token: Any) -> None:
+    def submit(
+        self, entry: PreparedEntry, sink: AckSink, token: Any, t: float | None = None
+    ) -> None:
         """Queue one validated entry, or answer at once (duplicate, halted, shutting down).
 
-        Never waits: callers check :attr:`queue_full` and apply backpressure themselves.
+        Never waits: callers check :attr:`queue_full` and apply backpressure themselves. ``t``
+        is when the request arrived (``time.perf_counter()``), for the latency histograms.
         """
         if self.halted is not None:
-            self.stats.errors += 1
-            sink.failed(token, ErrorCode.HALTED, f"journal {self.name} is halted: {self.halted}")
+            self._refuse(
+                sink, token, ErrorCode.HALTED, f"journal {self.name} is halted: {self.halted}"
+            )
             return
         if self.closing:
-            self.stats.errors += 1
-            sink.failed(token, ErrorCode.SHUTTING_DOWN, "the journal is shutting down")
+            self._refuse(sink, token, ErrorCode.SHUTTING_DOWN, "the journal is shutting down")
             return
         rid = entry.request_id
         if self._answer_duplicate(rid, sink, token):
             return
-        pending = Pending(entry, sink, token)
+        pending = Pending(entry, sink, token, time.perf_counter() if t is None else t)
         self._inflight[rid] = pending
         self._queue.append(pending)
         if not self._wake.is_set():
             self._wake.set()
 
-    def submit_group(self, entries: list[PreparedEntry], sinks: list[tuple[AckSink, Any]]) -> None:
+    def submit_group(
+        self,
+        entries: list[PreparedEntry],
+        sinks: list[tuple[AckSink, Any]],
+        t: float | None = None,
+    ) -> None:
         """Queue entries that must be committed in the same batch (``append_batch``)."""
+        if t is None:
+            t = time.perf_counter()
         if self.halted is not None or self.closing:
             for entry, (sink, token) in zip(entries, sinks, strict=True):
-                self.submit(entry, sink, token)
+                self.submit(entry, sink, token, t)
             return
         fresh: list[Pending] = []
         for entry, (sink, token) in zip(entries, sinks, strict=True):
             if self._answer_duplicate(entry.request_id, sink, token):
                 continue
-            pending = Pending(entry, sink, token)
+            pending = Pending(entry, sink, token, t)
             self._inflight[entry.request_id] = pending
             fresh.append(pending)
         if fresh:
@@ -297,6 +312,16 @@ class Journal:
             self._queue.extend(fresh)
             if not self._wake.is_set():
                 self._wake.set()
+
+    def _refuse(self, sink: AckSink, token: Any, code: str, message: str) -> None:
+        self.stats.errors += 1
+        self.metrics.append_errors[code] += 1
+        sink.failed(token, code, message)
+
+    def count_rejected(self, code: str) -> None:
+        """An append refused before it reached the journal (validation), for the metrics."""
+        self.stats.errors += 1
+        self.metrics.append_errors[code] += 1
 
     def _answer_duplicate(self, rid: bytes, sink: AckSink, token: Any) -> bool:
         pending = self._inflight.get(rid)
@@ -367,6 +392,7 @@ class Journal:
             payloads = [p.entry.payload for p in batch]
             self._signal_space()
             started = time.perf_counter()
+            self.metrics.queue_wait.observe_many([started - p.t for p in batch])
             try:
                 first = await loop.run_in_executor(self._executor, self.wal.append, payloads)
             except WalError as exc:
@@ -380,8 +406,15 @@ class Journal:
                 # Halted (e.g. by the watchdog) while this batch was in fdatasync: its
                 # waiters were already told "halted"; never ACK after a halt.
                 return
-            self.stats.last_sync_seconds = time.perf_counter() - started
-            self._commit(batch, first, sum(map(len, payloads)))
+            synced = time.perf_counter()
+            self.stats.last_sync_seconds = synced - started
+            nbytes = sum(map(len, payloads))
+            metrics = self.metrics
+            metrics.fdatasync.observe(synced - started)
+            metrics.batch_entries.observe(len(batch))
+            metrics.batch_bytes.observe(nbytes)
+            self._commit(batch, first, nbytes)
+            metrics.append_latency.observe_many([synced - p.t for p in batch])
 
     def _commit(self, batch: list[Pending], first: int, nbytes: int) -> None:
         """Resolve a durable batch in seq order, feed subscribers, free the idempotency slots."""
@@ -451,6 +484,7 @@ class Journal:
     def _fail_pending(self, p: Pending, code: str, message: str) -> None:
         self._inflight.pop(p.entry.request_id, None)
         self.stats.errors += 1
+        self.metrics.append_errors[code] += 1
         p.sink.failed(p.token, code, message)
         if p.dups is not None:
             for sink, token in p.dups:
