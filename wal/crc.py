@@ -1,6 +1,6 @@
 """CRC-32C (Castagnoli) through crcmod's C extension.
 
-The pure-Python fallback of crcmod is roughly 100x slower (see docs/FORMAT.md for the measured
+The pure-Python fallback of crcmod is about 25x slower per CRC (see docs/FORMAT.md for the measured
 figure), which would silently turn the WAL into the bottleneck; so importing this module fails
 loudly when the extension is not loaded.
 """
@@ -17,7 +17,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "ackwal needs crcmod's C extension (crcmod._crcfunext) for CRC-32C; it is not built in "
-        "this environment, and the pure-Python fallback is about 100x slower. Reinstall crcmod "
+        "this environment, and the pure-Python fallback is about 25x slower per CRC. Reinstall crcmod "
         "with a C compiler and the Python headers available: "
         "pip install --force-reinstall --no-binary crcmod crcmod"
     ) from exc

@@ -101,8 +101,15 @@ class SegmentReader:
             rec = check_record(buf, rel, self.max_record_size)
             if isinstance(rec, str):
                 raise CorruptionError(seg.path, off, f"while reading seq {seq}: {rec}")
-            if rec.seq != seq or (prev_crc is not None and rec.prev_crc != prev_crc):
+            if rec.seq != seq:
                 raise CorruptionError(seg.path, off, f"expected seq {seq} here, found {rec.seq}")
+            if prev_crc is not None and rec.prev_crc != prev_crc:
+                raise CorruptionError(
+                    seg.path,
+                    off,
+                    f"chain break at seq {seq}: record links to {rec.prev_crc:#010x}, "
+                    f"previous record is {prev_crc:#010x}",
+                )
             if seq >= from_seq:
                 start = rel + RECORD_HEADER_SIZE
                 yield Record(seq, rec.type, buf[start : start + rec.length], rec.crc)

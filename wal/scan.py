@@ -24,6 +24,7 @@ from typing import Literal
 from wal.fileio import OS_FILES, FileLayer
 from wal.format import (
     DEFAULT_MAX_RECORD_SIZE,
+    MAX_LENGTH_FIELD,
     PLAUSIBLE_SEQ_WINDOW,
     RECORD_HEADER,
     RECORD_HEADER_SIZE,
@@ -180,8 +181,12 @@ def scan_log(
         prev = seg
         if problem is not None:
             result.problems.append(problem)
-            if problem.kind == "corruption" and not keep_going:
-                return result
+            if problem.kind == "corruption":
+                if not keep_going:
+                    return result
+                # The segment's true end is unknown, so linking the next one to where the
+                # damage stopped the scan would report the same damage again as a gap.
+                prev = None
     return result
 
 
@@ -220,6 +225,15 @@ def _scan_records(
         seg.last_seq = expected - 1
         seg.last_crc = prev_crc
         seg.record_count = expected - seg.first_seq
+        if isinstance(rec, str) and _is_intact_but_oversized(data, off, expected, prev_crc):
+            # A lowered max_record_size must never make recovery cut acknowledged records.
+            return Problem(
+                "corruption",
+                seg.path,
+                off,
+                f"{reason}, yet the record (seq {expected}) is intact: open the log with the "
+                "max_record_size it was written with",
+            )
         if not is_last:
             return Problem("corruption", seg.path, off, f"{reason} (not in the last segment)")
         later = find_later_batch_record(data, off + 1, data_end, expected, max_record_size)
@@ -237,6 +251,12 @@ def _scan_records(
     seg.last_crc = prev_crc
     seg.record_count = expected - seg.first_seq
     return None
+
+
+def _is_intact_but_oversized(data: bytes, off: int, expected: int, prev_crc: int) -> bool:
+    """True if the record at ``off`` is valid and in place, only longer than the configured max."""
+    rec = check_record(data, off, MAX_LENGTH_FIELD)
+    return isinstance(rec, RecordView) and rec.seq == expected and rec.prev_crc == prev_crc
 
 
 def find_later_batch_record(
