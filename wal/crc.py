@@ -17,8 +17,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "ackwal needs crcmod's C extension (crcmod._crcfunext) for CRC-32C; it is not built in "
-        "this environment, and the pure-Python fallback is about 25x slower per CRC. Reinstall crcmod "
-        "with a C compiler and the Python headers available: "
+        "this environment, and the pure-Python fallback is about 25x slower per CRC. Reinstall "
+        "crcmod with a C compiler and the Python headers available: "
         "pip install --force-reinstall --no-binary crcmod crcmod"
     ) from exc
 
