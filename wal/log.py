@@ -73,7 +73,10 @@ class Wal:
         directory = os.path.abspath(directory)
         lock = None
         if not readonly:
-            fs.makedirs(directory)
+            if not fs.exists(directory):
+                fs.makedirs(directory)
+                # A new directory's own name is durable only once its parent is synced.
+                fs.fsync_dir(os.path.dirname(directory))
             lock = DirectoryLock(directory)
             lock.acquire()
         try:

@@ -120,7 +120,9 @@ class SegmentWriter:
                         self._handle.fsync()
             self._set_sync()
         except OSError as exc:
-            raise self._fail(exc, "opening the active segment") from exc
+            err = self._fail(exc, "opening the active segment")
+            self.close()  # the caller never gets this writer, so nobody else would close it
+            raise err from exc
         if options.preallocate:
             self._start_spare()
 

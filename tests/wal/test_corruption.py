@@ -553,3 +553,18 @@ def test_lowering_max_record_size_refuses_to_open_rather_than_cutting_intact_rec
     }
     with Wal.open(str(tmp_path), PLAIN) as wal:
         assert wal.last_seq == 2
+
+
+def test_a_second_tear_at_the_same_offset_keeps_both_broken_copies(tmp_path: Path) -> None:
+    opts = WalOptions(segment_size=64 * 1024, preallocate=False)
+    with Wal.open(str(tmp_path), opts) as wal:
+        wal.append([b"a" * 10])
+        seg = wal.segments()[-1]
+    for garbage in (b"\x01first-tear", b"\x02second-tear"):
+        with open(seg.path, "r+b") as f:
+            f.seek(seg.bytes)
+            f.write(garbage)
+        with Wal.open(str(tmp_path), opts) as wal:
+            assert wal.recovery.broken_copy is not None
+    copies = [p for p in tmp_path.iterdir() if p.name.endswith(".broken")]
+    assert sorted(p.read_bytes() for p in copies) == [b"\x01first-tear", b"\x02second-tear"]
