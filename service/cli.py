@@ -11,6 +11,7 @@ from service import __version__
 from service.app import run_service
 from service.logs import configure_logging
 from service.settings import SPECS, SettingsError, load_settings
+from service.tools import ToolParser, register_tools
 
 EXIT_USAGE = 2
 
@@ -77,7 +78,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ToolParser(
         prog="ackwal",
         description="ackwal: a durable journal for trading engines (an ACK means on disk).",
     )
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(show)
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_config_show)
+    register_tools(sub)
     return parser
 
 

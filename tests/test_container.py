@@ -373,7 +373,7 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -
     needed = [
         "pyproject.toml",
         project["project"]["readme"],
-        *project["tool"]["setuptools"]["packages"],
+        *{p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]},
     ]
     builder_sources = {
         s for i in dockerfile() if i.stage == 0 and i.keyword == "COPY" for s in copy_args(i)[0]
