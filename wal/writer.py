@@ -118,6 +118,10 @@ class SegmentWriter:
                     if size < options.segment_size:
                         zero_fill(self._handle, size, options.segment_size)
                         self._handle.fsync()
+            else:
+                # A new log gets its first segment now, so the first append (and its ACK)
+                # does not wait for a segment to be created and zero-filled.
+                self._rotate(next_seq)
             self._set_sync()
         except OSError as exc:
             err = self._fail(exc, "opening the active segment")

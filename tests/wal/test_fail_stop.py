@@ -211,13 +211,28 @@ def test_disk_full_while_preparing_the_spare_and_at_rotation_raises_disk_full(
     tmp_path: Path,
 ) -> None:
     fs = FaultyFileLayer()
-    fs.fail_always("write", errno.ENOSPC, when=lambda call: call.path.endswith(".tmp"))
     options = WalOptions(segment_size=SEGMENT_SIZE, preallocate=True)
+    wal = Wal.open(str(tmp_path), options, fs=fs)  # the first segment exists before the fault
+    wal.close()
+    fs.fail_always("write", errno.ENOSPC, when=lambda call: call.path.endswith(".tmp"))
     wal = Wal.open(str(tmp_path), options, fs=fs)
     run = append_batches(wal, batches())
     assert_fail_stop(wal, fs, run, DiskFullError)
-    assert run.acked == []
+    assert run.acked, "the first segment took batches until a rotation was needed"
+    assert len(wal.segments()) == 1, "no segment was cut on the full disk"
     finish(tmp_path, fs, options, wal, run, power_cut=True)
+
+
+@pytest.mark.parametrize("preallocate", [True, False], ids=["prealloc", "growing"])
+def test_a_new_log_on_a_full_disk_refuses_to_open_with_disk_full(
+    tmp_path: Path, preallocate: bool
+) -> None:
+    fs = FaultyFileLayer()
+    fs.fail_always("write", errno.ENOSPC)
+    options = WalOptions(segment_size=SEGMENT_SIZE, preallocate=preallocate)
+    with pytest.raises(DiskFullError, match="disk full"):
+        Wal.open(str(tmp_path), options, fs=fs)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".wal")]
 
 
 @pytest.mark.parametrize("preallocate", [True, False], ids=["prealloc", "growing"])
