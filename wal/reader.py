@@ -13,10 +13,11 @@ from collections.abc import Iterator
 
 from wal.errors import CorruptionError, WalError
 from wal.fileio import FileLayer, ReadHandle
-from wal.format import RECORD_HEADER_SIZE, Record, check_record
+from wal.format import RECORD_HEADER, RECORD_HEADER_SIZE, Record, check_record
 from wal.scan import SegmentScan
 
 READ_CHUNK = 256 * 1024
+SMALL_READ_CHUNK = 32 * 1024
 
 
 class SeqOutOfRangeError(WalError):
@@ -86,8 +87,27 @@ class SegmentReader:
             raise CorruptionError(seg.path, 0, f"no index mark at or below seq {from_seq}")
         prev_crc: int | None = None
         handle = self._handle(seg.path)
+        # A short range (one record: a duplicate's response, a lookup) sits within an index
+        # interval of its mark: read little. Long scans read big chunks.
+        chunk = SMALL_READ_CHUNK if to_seq - from_seq < 16 else READ_CHUNK
         buf = b""
         buf_off = off
+        unpack = RECORD_HEADER.unpack_from
+        while seq < from_seq:
+            # Records before the wanted one are only stepped over (they were validated when
+            # written or recovered): their headers are read, their CRCs are not computed.
+            rel = off - buf_off
+            if len(buf) - rel < RECORD_HEADER_SIZE:
+                buf = handle.pread(min(chunk, end - off), off)
+                buf_off = off
+                rel = 0
+                if len(buf) < RECORD_HEADER_SIZE:
+                    raise CorruptionError(seg.path, off, f"unexpected end of data before seq {seq}")
+            _crc, _prev, length, found, _pos, _type, _fl, _rs = unpack(buf, rel)
+            if found != seq or length > self.max_record_size:
+                raise CorruptionError(seg.path, off, f"expected seq {seq} here, found {found}")
+            off += RECORD_HEADER_SIZE + length
+            seq += 1
         while seq <= to_seq:
             rel = off - buf_off
             avail = len(buf) - rel
@@ -95,7 +115,7 @@ class SegmentReader:
             if avail >= RECORD_HEADER_SIZE:
                 need += min(_peek_length(buf, rel), self.max_record_size)
             if avail < need:
-                buf = handle.pread(min(max(READ_CHUNK, need), end - off), off)
+                buf = handle.pread(min(max(chunk, need), end - off), off)
                 buf_off = off
                 rel = 0
             rec = check_record(buf, rel, self.max_record_size)

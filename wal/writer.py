@@ -171,9 +171,7 @@ class SegmentWriter:
         seg = self._active
         start = self._offset
         self._offset += len(buf)
-        if start >= (seg.marks_off[-1] + self.options.index_interval if seg.marks_off else 0):
-            seg.marks_seq.append(first)
-            seg.marks_off.append(start)
+        self._add_marks(seg, payloads, first, start)
         self.next_seq = first + len(payloads)
         self.chain_head = crc
         # Publish to readers last: valid_end/last_seq say what is durable and readable.
@@ -182,6 +180,22 @@ class SegmentWriter:
         seg.record_count += len(payloads)
         seg.last_seq = self.next_seq - 1
         return first
+
+    def _add_marks(self, seg: SegmentScan, payloads: Sequence[bytes], seq: int, off: int) -> None:
+        """Sparse index marks every ``index_interval`` bytes, inside large batches too: a read
+        by seq (a duplicate's stored response, a lookup) then parses at most one interval."""
+        interval = self.options.index_interval
+        marks_off = seg.marks_off
+        next_mark = marks_off[-1] + interval if marks_off else 0
+        if off + len(payloads) * RECORD_HEADER_SIZE + sum(map(len, payloads)) <= next_mark:
+            return
+        for payload in payloads:
+            if off >= next_mark:
+                seg.marks_seq.append(seq)
+                marks_off.append(off)
+                next_mark = off + interval
+            off += RECORD_HEADER_SIZE + len(payload)
+            seq += 1
 
     def close(self) -> None:
         self._join_spare()
