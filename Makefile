@@ -29,8 +29,11 @@ run: $(STAMP)
 	$(BIN)/ackwal serve --config $(CONFIG)
 
 bench: $(STAMP)
+	$(BIN)/python -c 'import asyncpg, matplotlib, nats' 2>/dev/null \
+		|| $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/wal_append.py
 	$(BIN)/python benchmarks/service_load.py
+	$(BIN)/python benchmarks/compare.py $(COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

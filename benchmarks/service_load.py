@@ -17,10 +17,7 @@ import json
 import logging
 import os
 import platform
-import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -28,31 +25,18 @@ from typing import Any
 
 import structlog
 import uvloop
+from common import (
+    COMMAND,
+    percentile,
+    print_table,
+    proc_cpu_seconds,
+    self_cpu_seconds,
+    start_server,
+)
 
 from service.client import JournalClient
 from service.journal import Journal
 from service.settings import load_settings
-
-COMMAND = os.urandom(256)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def self_cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    idx = min(len(sorted_values) - 1, int(q * len(sorted_values)))
-    return sorted_values[idx]
 
 
 async def closed_loop(
@@ -165,47 +149,6 @@ async def embedded_point(data_dir: str, n: int, seconds: float, warmup: float) -
         "fdatasyncs_per_s": round(batches / (seconds + warmup)),
         "process_cpu": round((cpu1 - cpu0) / (seconds + warmup), 2),
     }
-
-
-def start_server(data_dir: str, socket_path: str, sync_mode: str) -> subprocess.Popen[bytes]:
-    exe = os.path.join(os.path.dirname(sys.executable), "ackwal")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "serve",
-            "--data-dir",
-            data_dir,
-            "--socket",
-            socket_path,
-            "--log-format",
-            "json",
-            "--log-level",
-            "warning",
-            "--metrics-addr",
-            "",
-            "--sync-mode",
-            sync_mode,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while not os.path.exists(socket_path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"server did not start: {err}")
-        time.sleep(0.05)
-    return proc
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    cols = list(rows[0].keys())
-    for r in rows[1:]:
-        cols += [k for k in r if k not in cols]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---:|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:

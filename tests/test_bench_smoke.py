@@ -1,0 +1,96 @@
+"""benchmarks/compare.py runs end to end: a tiny --quick run against ackwal alone.
+
+Only the shape of the output and the duplicate check are asserted, never a figure: timings on a
+shared machine say nothing about correctness (benchmarks print figures, tests check rules).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPARE = ROOT / "benchmarks" / "compare.py"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROW_KEYS = {
+    "system",
+    "clients",
+    "acked_per_s",
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "server_cpu",
+    "client_cpu",
+    "other_cpu",
+    "durable_at_ack",
+}
+
+
+def test_quick_comparison_of_ackwal_alone_writes_json_and_readable_plots(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(COMPARE),
+            "--quick",
+            "--systems",
+            "ackwal-socket",
+            "--seconds",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--dir",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    report = json.loads((out / "compare.json").read_text())
+    assert report["settings"]["clients"] == [1, 64]
+    assert list(report["systems"]) == ["ackwal-socket"]
+    assert report["systems"]["ackwal-socket"]["durable_at_ack"] is True
+    assert report["errors"] == []
+    rows = report["rows"]
+    assert [(r["system"], r["clients"]) for r in rows] == [
+        ("ackwal-socket", 1),
+        ("ackwal-socket", 64),
+    ]
+    for row in rows:
+        assert row.keys() >= ROW_KEYS
+        assert row["acked_per_s"] > 0
+        assert row["p50_ms"] <= row["p99_ms"] <= row["p999_ms"]
+    assert report["cdf"]["ackwal-socket"][-1][0] == 1.0
+    assert {t["target"] for t in report["ratios"]["targets"]} and all(
+        t["met"] is None for t in report["ratios"]["targets"]
+    )  # nothing to compare with in this run
+
+    (dup,) = report["duplicates"]
+    assert dup["retries_acked"] > 0
+    assert dup["wrong_answers"] == 0
+    assert dup["records_stored"] == dup["distinct_ids_stored"] == dup["unique_acked"]
+    assert dup["one_record_per_id"] is True
+
+    for name in ("compare_throughput.png", "compare_latency_cdf.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_compare_help_names_every_system() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(COMPARE), "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    for name in ("ackwal-socket", "ackwal-batch", "postgres", "sqlite-grouped", "nats-sync"):
+        assert name in proc.stdout
