@@ -2,8 +2,9 @@
 
 Start-up: open and recover the journal (takes the data-directory lock: a second server fails
 here), then bind the socket; readiness is announced only after the socket is bound.
-Shutdown (SIGTERM/SIGINT): stop accepting, stop reading requests, commit what is queued and
-answer it, close the WAL, close connections. A second SIGINT exits at once.
+Shutdown (SIGTERM/SIGINT): stop accepting, answer every new request with shutting_down, commit
+what is queued and answer it, close the WAL, close connections once their clients went quiet. A
+second SIGINT exits at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from collections.abc import Callable
 
 import structlog
@@ -19,8 +21,9 @@ import uvloop
 from service import __version__
 from service.journal import Journal
 from service.metrics import MetricsEndpoint
-from service.server import Server
+from service.server import Server, SocketInUseError
 from service.settings import Settings
+from wal import WalError
 from wal.fileio import OS_FILES, FileLayer
 
 log = structlog.get_logger("ackwal")
@@ -28,6 +31,7 @@ log = structlog.get_logger("ackwal")
 EXIT_OK = 0
 EXIT_HALTED = 70  # EX_SOFTWARE: a supervisor should restart us into recovery
 EXIT_FORCED = 130
+EXIT_START_REFUSED = 1  # could not start: the log line says why
 
 
 class Service:
@@ -90,7 +94,8 @@ class Service:
 
     def _on_halt(self, reason: str) -> None:
         if self.settings.exit_on_halt:
-            log.critical("service.exiting_after_halt", reason=reason, exit_code=EXIT_HALTED)
+            # error, not critical: the journal's halt already logged the one critical line
+            log.error("service.exiting_after_halt", reason=reason, exit_code=EXIT_HALTED)
             self.request_stop(EXIT_HALTED)
 
     def _on_signal(self, signum: int) -> None:
@@ -118,6 +123,11 @@ class Service:
                 await asyncio.wait_for(journal.close(), timeout)
             except TimeoutError:
                 log.error("service.journal_close_timeout", journal=journal.name, timeout=timeout)
+                # The writer is stuck (a disk that does not answer): fail stop, so that every
+                # request waiting on it is answered and the exit code says so.
+                journal.halt(f"shutdown timed out after {timeout}s: the writer is stuck")
+                journal.writer_stuck = True
+                self.exit_code = self.exit_code or EXIT_HALTED
         if self.server is not None:
             await self.server.close_connections(timeout=min(timeout, 5.0))
         if self.metrics is not None:
@@ -136,10 +146,21 @@ class Service:
         return self.exit_code
 
 
-def run_service(settings: Settings) -> int:
-    """Run on uvloop until stopped; returns the exit code."""
-
-    async def main() -> int:
-        return await Service(settings).run()
-
-    return uvloop.run(main())
+def run_service(settings: Settings, *, fs: FileLayer = OS_FILES) -> int:
+    """Run on uvloop until stopped; returns the exit code (``fs``: see :class:`Service`)."""
+    service = Service(settings, fs=fs)
+    try:
+        code = uvloop.run(service.run())
+    except (WalError, SocketInUseError, OSError) as exc:
+        # Refusing to start (directory locked by another server, socket in use, corruption,
+        # permissions) is for an operator to fix: one line saying why, not a traceback.
+        log.error("service.start_refused", error=str(exc), exit_code=EXIT_START_REFUSED)
+        return EXIT_START_REFUSED
+    if any(j.writer_stuck for j in service.journals.values()):
+        # A write or fdatasync that never returned still holds the writer thread, and the
+        # interpreter joins that thread at exit: it would never exit. Fail-stop exits now.
+        log.error("service.exit_with_stuck_writer", exit_code=code)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

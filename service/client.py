@@ -20,8 +20,14 @@ from typing import Any, cast
 import structlog
 
 from service.entry import AppendResult, StoredEntry, entry_from_wire, entry_map
-from service.errors import AckwalError, error_from_code
-from service.protocol import PROTOCOL_VERSION, FrameDecoder, ProtocolError, encode_frame
+from service.errors import AckwalError, BusyError, error_from_code
+from service.protocol import (
+    PROTOCOL_VERSION,
+    ErrorCode,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+)
 from wal import RecordType
 
 log = structlog.get_logger("ackwal.client")
@@ -115,6 +121,7 @@ class JournalClient:
         self._closed = False
         self._reconnecting: asyncio.Task[None] | None = None
         self._reading_paused = False
+        self._refusal: AckwalError | None = None  # an error with id nil (e.g. busy) this connection
 
     @classmethod
     async def connect(cls, socket_path: str, **options: Any) -> JournalClient:
@@ -134,6 +141,8 @@ class JournalClient:
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
+        self._refusal = None
+        self._reading_paused = False  # a new transport starts reading
         _, protocol = await loop.create_unix_connection(
             lambda: _ClientProtocol(self, self.max_frame_bytes), self.socket_path
         )
@@ -145,9 +154,10 @@ class JournalClient:
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[hello_id] = _Request(hello, fut)
         protocol.write(hello)
-        # Everything unanswered goes again, in the original order, after the hello.
+        # Everything unanswered goes again, in the original order, after the hello. A
+        # subscription is re-sent below from the first seq not yet delivered, never twice.
         for rid, req in list(self._pending.items()):
-            if rid != hello_id:
+            if rid != hello_id and rid not in self._subs:
                 protocol.write(req.frame)
         for sid, sub in self._subs.items():
             sub.subscribed = False
@@ -164,10 +174,19 @@ class JournalClient:
         done, _ = await asyncio.wait({fut, protocol.lost}, return_when=asyncio.FIRST_COMPLETED)
         if fut not in done:
             self._pending.pop(hello_id, None)
+            refusal, self._refusal = self._refusal, None
+            if refusal is not None:
+                raise refusal  # e.g. BusyError: the server said why it closed
             raise ConnectionError(
                 f"ackwal at {self.socket_path} closed the connection during hello"
             )
-        self.server_info = fut.result()
+        try:
+            self.server_info = fut.result()
+        except AckwalError:
+            self._protocol = None
+            if protocol.transport is not None:
+                protocol.transport.close()
+            raise
 
     def _on_lost(self, protocol: _ClientProtocol, exc: Exception | None) -> None:
         if protocol is not self._protocol:
@@ -178,7 +197,9 @@ class JournalClient:
         if not self.reconnect:
             self._fail_all(ClientClosedError(f"connection to {self.socket_path} lost: {exc}"))
             return
-        if self._reconnecting is None:
+        # Only a connection that was once established is re-established; a failed first
+        # connect is the caller's error to handle, not a background task's.
+        if self._reconnecting is None and self.server_info:
             self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
@@ -194,6 +215,17 @@ class JournalClient:
                         "client.reconnected", socket=self.socket_path, resent=len(self._pending)
                     )
                     return
+                except AckwalError as exc:
+                    if not isinstance(exc, BusyError):
+                        # Refused for good (e.g. the journal no longer exists): tell every
+                        # waiting caller instead of leaving them waiting.
+                        self._fail_all(exc)
+                        return
+                    if loop.time() + delay > deadline:
+                        self._fail_all(exc)
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
                 except (OSError, ConnectionError) as exc:
                     if loop.time() + delay > deadline:
                         self._fail_all(
@@ -245,6 +277,12 @@ class JournalClient:
     def _send(self, message: dict[str, Any]) -> tuple[int, asyncio.Future[dict[str, Any]]]:
         if self._closed:
             raise ClientClosedError("client closed")
+        if self._protocol is None and self._reconnecting is None:
+            # The connection is gone and nobody is bringing it back: without this, the request
+            # would wait in _pending for an answer that can never come.
+            if not (self.reconnect and self.server_info):
+                raise ClientClosedError(f"connection to {self.socket_path} is lost")
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect_loop())
         rid = self._new_id()
         message["id"] = rid
         if self.journal != "main":
@@ -280,12 +318,17 @@ class JournalClient:
                 sub.subscribed = True
             elif "error" in message:
                 error = message["error"]
+                if error["code"] == ErrorCode.SHUTTING_DOWN and self.reconnect:
+                    # A graceful restart: resubscribed from next_seq after the reconnect, as
+                    # after a crash.
+                    return
                 self._subs.pop(rid, None)
                 sub.queue.put_nowait(error_from_code(error["code"], error["message"]))
             return
         if rid is None and "error" in message:
             error = message["error"]
             log.error("client.connection_error", code=error["code"], message=error["message"])
+            self._refusal = error_from_code(error["code"], error["message"])
 
     def _throttle(self) -> None:
         """Stop reading while a subscription's consumer is far behind (bounded memory)."""

@@ -29,6 +29,8 @@ from service.protocol import (
     ErrorCode,
     FrameDecoder,
     ProtocolError,
+    decode_body,
+    describe,
     encode_error,
     encode_frame,
     encode_record,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ackwal.connection")
 
 WRITE_HIGH_WATER = 1024 * 1024
+MESSAGES_PER_TURN = 512  # requests handled per loop turn per connection (fairness)
 MAX_READ_LIMIT = 10_000
 MAX_BATCH_ITEMS = 65_536
 
@@ -83,11 +86,13 @@ class LookupReply:
         self.conn = conn
         self.journal = journal
 
+    # A lookup never counted as in flight (only appends do), so its late answer must not
+    # uncount one: that would let the connection exceed max_inflight_per_connection.
     def acked(self, token: Any, seq: int, duplicate: bool, response: bytes | None) -> None:
-        self.conn.answered(self.conn.lookup_frame(token, self.journal, seq))
+        self.conn.answered(self.conn.lookup_frame(token, self.journal, seq), count=False)
 
     def failed(self, token: Any, code: str, message: str) -> None:
-        self.conn.answered(encode_error(token, code, message))
+        self.conn.answered(encode_error(token, code, message), count=False)
 
 
 class Connection(asyncio.Protocol, SubscriberSink):
@@ -102,6 +107,8 @@ class Connection(asyncio.Protocol, SubscriberSink):
         self.hello = False
         self.closed = False
         self._out: list[bytes] = []
+        self._out_bytes = 0  # bytes in _out (replies not yet handed to the transport)
+        self._backlog: list[bytes | bytearray | ProtocolError] = []  # frames not yet handled
         self._flush_scheduled = False
         self._reading_paused = False
         self._write_paused = False
@@ -111,6 +118,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
         self._waiting_for_space = False
         self._subs: dict[int, tuple[Journal, Subscription]] = {}
         self._loop = asyncio.get_running_loop()
+        self.last_read = float("-inf")  # loop time of the last data received (shutdown linger)
         self._t = 0.0  # perf_counter() of the current read, for latency metrics
 
     # -- transport callbacks ------------------------------------------------------------------
@@ -148,6 +156,8 @@ class Connection(asyncio.Protocol, SubscriberSink):
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+        if self._backlog:
+            self._loop.call_soon(self._continue_backlog)
         self._update_reading()
 
     def _write_timed_out(self) -> None:
@@ -160,15 +170,55 @@ class Connection(asyncio.Protocol, SubscriberSink):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = self._loop.time()
+        messages = self.decoder.feed_raw(data)
+        if self._backlog:
+            self._backlog.extend(messages)  # arrived before the pause took effect: keep order
+        else:
+            self._handle_messages(messages)
+        self._update_reading()
+
+    def _handle_messages(self, messages: list[bytes | bytearray | ProtocolError]) -> None:
+        """Handle decoded requests in order, within this turn's budget.
+
+        A read is handled piecewise so that no client can make the server hold unbounded
+        output (500 pipelined ``read`` requests are 18 KB in, gigabytes out) or hog the loop
+        (10,000 garbage frames in one read): at most ``MESSAGES_PER_TURN`` requests per loop
+        turn, and none while this connection's unsent output is above ``WRITE_HIGH_WATER``.
+        The rest waits in ``_backlog`` with reading paused.
+        """
         recv = now_ms()
         self._t = time.perf_counter()
-        for message in self.decoder.feed(data):
-            if isinstance(message, ProtocolError):
-                self.server.count_error(message.code)
-                self.answered(encode_error(None, message.code, message.message), count=False)
+        n = len(messages)
+        stop = min(n, MESSAGES_PER_TURN)
+        i = 0
+        while i < stop:
+            if self._write_paused or self._out_bytes > WRITE_HIGH_WATER:
+                break
+            item = messages[i]
+            i += 1
+            try:
+                if isinstance(item, ProtocolError):
+                    raise item
+                message = decode_body(item)
+            except ProtocolError as exc:
+                self.server.count_error(exc.code)
+                self.answered(encode_error(None, exc.code, exc.message), count=False)
                 self.close_after_flush()
+                self._backlog = []
                 return
             self._handle(message, recv)
+        self._backlog = messages[i:] if i < n else []
+        if self._backlog and not self._write_paused:
+            if self._out_bytes > WRITE_HIGH_WATER:
+                self._flush()  # the transport then pauses us (resume_writing continues)
+            if not self._write_paused:
+                self._loop.call_soon(self._continue_backlog)
+
+    def _continue_backlog(self) -> None:
+        messages, self._backlog = self._backlog, []
+        if messages and not self.closed:
+            self._handle_messages(messages)
         self._update_reading()
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -178,13 +228,22 @@ class Connection(asyncio.Protocol, SubscriberSink):
         if type(rid) is not int:
             self._reply_error(None, ErrorCode.BAD_REQUEST, "field 'id' must be an integer")
             return
+        if self.server.stopping:
+            # Shutdown keeps reading so that what a client sent before it learnt of the
+            # shutdown is answered rather than lost with the connection.
+            self._refuse_while_stopping(message, rid)
+            return
         op = message.get("op")
         try:
             if op == "append" and self.hello:
                 journal = self._journal(message)
                 entry = prepare_entry(message, recv, self.max_record_size, APPEND_FIELDS)
                 self.inflight += 1
-                journal.submit(entry, self, rid, self._t)
+                try:
+                    journal.submit(entry, self, rid, self._t)
+                except BaseException:
+                    self.inflight -= 1  # not taken in: the error reply below ends it
+                    raise
                 if journal.queue_full:
                     self._wait_for_space(journal)
                 return
@@ -192,7 +251,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
             if handler is None:
                 raise ProtocolError(
                     ErrorCode.UNKNOWN_OP,
-                    f"unknown op {op!r}; known ops: {', '.join(sorted(_HANDLERS))}",
+                    f"unknown op {describe(op)}; known ops: {', '.join(sorted(_HANDLERS))}",
                 )
             if not self.hello and op != "hello":
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "send 'hello' before any other op")
@@ -207,6 +266,16 @@ class Connection(asyncio.Protocol, SubscriberSink):
             log.exception("connection.internal_error", op=op)
             self._reply_error(rid, ErrorCode.INTERNAL, f"internal error: {exc}")
 
+    def _refuse_while_stopping(self, message: dict[str, Any], rid: int) -> None:
+        name = message.get("journal", "main")
+        journal = self.server.journals.get(name) if isinstance(name, str) else None
+        if journal is not None and journal.halted is not None:
+            # A fail-stop shutdown: say so, as every other request after the halt was told.
+            message_text = f"journal {journal.name} is halted: {journal.halted}"
+            self._reply_error(rid, ErrorCode.HALTED, message_text)
+        else:
+            self._reply_error(rid, ErrorCode.SHUTTING_DOWN, "the service is shutting down")
+
     def _count_rejected(self, message: dict[str, Any], code: str) -> None:
         name = message.get("journal", "main")
         journal = self.server.journals.get(name) if isinstance(name, str) else None
@@ -219,20 +288,21 @@ class Connection(asyncio.Protocol, SubscriberSink):
         if journal is None:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_JOURNAL,
-                f"unknown journal {name!r}; this service has {', '.join(self.server.journals)}",
+                f"unknown journal {describe(name)}; "
+                f"this service has {', '.join(self.server.journals)}",
             )
         return journal
 
     def _op_hello(self, message: dict[str, Any], rid: int, recv: int) -> None:
         version = message.get("version")
-        if version != PROTOCOL_VERSION:
+        if type(version) is not int or version != PROTOCOL_VERSION:
             raise ProtocolError(
                 ErrorCode.UNSUPPORTED_VERSION,
-                f"protocol version {version!r} is not supported; this server speaks "
+                f"protocol version {describe(version)} is not supported; this server speaks "
                 f"version {PROTOCOL_VERSION}",
             )
+        journal = self._journal(message)  # an unknown journal fails the hello: no other op
         self.hello = True
-        journal = self._journal(message)
         settings = self.server.settings
         self.answered(
             encode_frame(
@@ -272,7 +342,11 @@ class Connection(asyncio.Protocol, SubscriberSink):
                 raise ProtocolError(exc.code, f"entries[{i}]: {exc.message}") from None
         self.inflight += 1
         collector = BatchReply(self, rid, len(entries))
-        journal.submit_group(entries, [(collector, i) for i in range(len(entries))], self._t)
+        try:
+            journal.submit_group(entries, [(collector, i) for i in range(len(entries))], self._t)
+        except BaseException:
+            self.inflight -= 1  # not taken in: the error reply ends it
+            raise
         if journal.queue_full:
             self._wait_for_space(journal)
 
@@ -317,18 +391,21 @@ class Connection(asyncio.Protocol, SubscriberSink):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'from_seq' must be an integer >= 1")
         if rid in self._subs:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"subscription id {rid} is already in use")
-        # Reply first: records pushed by the catch-up task follow it on the same connection.
+        # subscribe() checks the range (out_of_range is the only reply then) and starts the
+        # catch-up task, which runs only after this callback: the reply still goes first.
+        sub = journal.fanout.subscribe(self, rid, from_seq)
+        self._subs[rid] = (journal, sub)
         self.answered(
             encode_frame({"id": rid, "subscribed": True, "from_seq": from_seq}), count=False
         )
-        sub = journal.fanout.subscribe(self, rid, from_seq)
-        self._subs[rid] = (journal, sub)
 
     def _op_unsubscribe(self, message: dict[str, Any], rid: int, recv: int) -> None:
         sub_id = message.get("subscription")
         entry = self._subs.pop(sub_id, None) if type(sub_id) is int else None
         if entry is None:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"no subscription with id {sub_id!r}")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"no subscription with id {describe(sub_id)}"
+            )
         journal, sub = entry
         journal.fanout.unsubscribe(sub)
         self.answered(encode_frame({"id": rid, "unsubscribed": sub_id}), count=False)
@@ -395,6 +472,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
         if self.closed:
             return
         self._out.append(frame)
+        self._out_bytes += len(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -404,8 +482,10 @@ class Connection(asyncio.Protocol, SubscriberSink):
         out = self._out
         if not out or self.transport is None or self.closed:
             out.clear()
+            self._out_bytes = 0
             return
         self._out = []
+        self._out_bytes = 0
         self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def flush_now(self) -> None:
@@ -437,7 +517,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
             self.inflight >= self.max_inflight
             or self._write_paused
             or self._waiting_for_space
-            or self.server.stopping
+            or bool(self._backlog)
         )
         if should_pause and not self._reading_paused:
             self._reading_paused = True
@@ -445,10 +525,6 @@ class Connection(asyncio.Protocol, SubscriberSink):
         elif not should_pause and self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
-
-    def stop_reading(self) -> None:
-        """Graceful shutdown: take no new requests; replies still flow."""
-        self._update_reading()
 
 
 _HANDLERS = {

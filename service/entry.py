@@ -1,6 +1,6 @@
 """Journal entries: validation of what a client sends, and the WAL payload they become.
 
-An ENTRY record's payload is a msgpack array (docs/FORMAT.md, "Entry payload")::
+An ENTRY record's payload is a msgpack array (docs/PROTOCOL.md, section 4)::
 
     [1, request_id, recv_ms, command_type, command, response, events, ts_ms,
      pre_digest, post_digest, duration_us]
@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import msgpack
 
-from service.protocol import ErrorCode, ProtocolError
+from service.protocol import ErrorCode, ProtocolError, describe
 
 ENTRY_PAYLOAD_VERSION: Final = 1
 ENTRY_FIELDS: Final = frozenset(
@@ -45,6 +45,13 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 def _bad(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_REQUEST, message)
+
+
+def _field_names(names: Iterable[Any], shown: int = 5) -> str:
+    """Unknown field names for an error message: a few, each bounded (see ``describe``)."""
+    ordered = sorted(map(describe, names))
+    more = f" and {len(ordered) - shown} more" if len(ordered) > shown else ""
+    return f"[{', '.join(ordered[:shown])}]{more}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +124,7 @@ def _opt_int(message: dict[str, Any], name: str, minimum: int) -> int | None:
     if value is None:
         return None
     if type(value) is not int or not minimum <= value <= _I64_MAX:
-        raise _bad(f"field '{name}' must be an integer >= {minimum}, got {value!r}")
+        raise _bad(f"field '{name}' must be an integer >= {minimum}, got {describe(value)}")
     return value
 
 
@@ -142,7 +149,7 @@ def _check_events(value: Any) -> list[Any]:
             raise _bad(f"events[{i}] must be a map, got {type(event).__name__}")
         unknown = event.keys() - EVENT_FIELDS
         if unknown:
-            raise _bad(f"events[{i}] has unknown field(s) {sorted(map(str, unknown))}")
+            raise _bad(f"events[{i}] has unknown field(s) {_field_names(unknown)}")
         etype = event.get("type")
         if type(etype) is not str or not etype:
             raise _bad(f"events[{i}].type must be a non-empty string")
@@ -168,7 +175,7 @@ def prepare_entry(
     """
     unknown = message.keys() - allowed
     if unknown:
-        raise _bad(f"unknown field(s) {sorted(map(str, unknown))} in entry")
+        raise _bad(f"unknown field(s) {_field_names(unknown)} in entry")
     request_id = check_request_id(message.get("request_id"))
     command_type = message.get("command_type")
     if type(command_type) is not str or not 0 < len(command_type) <= MAX_COMMAND_TYPE_LEN:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import time
 import uuid
@@ -119,6 +118,7 @@ class Journal:
         self.closing = False
         self.last_seq = wal.last_seq
         self.last_batch_at = time.monotonic()
+        self._write_started = self.last_batch_at
         self._queue: deque[Pending] = deque()
         self._inflight: dict[bytes, Pending] = {}
         self._writing: list[Pending] = []
@@ -134,6 +134,7 @@ class Journal:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_backpressure_log = 0.0
         self._closed = asyncio.Event()
+        self.writer_stuck = False  # close() left a write that never returned (see close)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -210,12 +211,25 @@ class Journal:
         self._wake.set()
         batcher, watchdog = self._tasks
         watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await batcher
+        if self.halted is not None and not batcher.done():
+            # Halted while a write or fdatasync is still running: on a failing disk it may
+            # never return. Waiting for it, or queueing the WAL's close behind it on the writer
+            # thread, would keep a fail-stop from ever stopping.
+            batcher.cancel()
+            self.writer_stuck = True
+        else:
+            # asyncio.wait, not `await batcher`: if this close is cancelled (shutdown timeout),
+            # the cancellation must reach our caller instead of being taken for the batcher's.
+            await asyncio.wait([batcher])
+            if not batcher.cancelled():
+                batcher.result()  # a batcher that died of a bug says so here
         self.fanout.close()
         self._fail_queued(ErrorCode.SHUTTING_DOWN, "the journal is shutting down")
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.wal.close)
-        self._executor.shutdown(wait=True)
+        if self.writer_stuck:
+            self._executor.shutdown(wait=False)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.wal.close)
+            self._executor.shutdown(wait=True)
         self._closed.set()
         log.info("journal.closed", journal=self.name, last_seq=self.last_seq)
 
@@ -301,12 +315,19 @@ class Journal:
                 self.submit(entry, sink, token, t)
             return
         fresh: list[Pending] = []
-        for entry, (sink, token) in zip(entries, sinks, strict=True):
-            if self._answer_duplicate(entry.request_id, sink, token):
-                continue
-            pending = Pending(entry, sink, token, t)
-            self._inflight[entry.request_id] = pending
-            fresh.append(pending)
+        try:
+            for entry, (sink, token) in zip(entries, sinks, strict=True):
+                if self._answer_duplicate(entry.request_id, sink, token):
+                    continue
+                pending = Pending(entry, sink, token, t)
+                self._inflight[entry.request_id] = pending
+                fresh.append(pending)
+        except BaseException:
+            # Reading a duplicate's stored response failed: none of the group is queued, so
+            # none of it may stay in flight (a retry would wait for it forever).
+            for pending in fresh:
+                self._inflight.pop(pending.entry.request_id, None)
+            raise
         if fresh:
             fresh[0].group = len(fresh)
             self._queue.extend(fresh)
@@ -391,6 +412,7 @@ class Journal:
             self._writing = batch
             payloads = [p.entry.payload for p in batch]
             self._signal_space()
+            self._write_started = time.monotonic()
             started = time.perf_counter()
             self.metrics.queue_wait.observe_many([started - p.t for p in batch])
             try:
@@ -453,7 +475,9 @@ class Journal:
         threshold = self.settings.halt_threshold
         while True:
             await asyncio.sleep(min(0.25, threshold / 4))
-            stalled = time.monotonic() - self.last_batch_at
+            # Measured from the start of the write in progress, not from the last commit: after
+            # an idle spell the last commit is old, yet the writer is not stalled.
+            stalled = time.monotonic() - self._write_started
             if self._writing and self.queue_full and stalled > threshold:
                 self.halt(
                     f"writer stalled: no batch completed for {stalled:.1f}s with a full queue"

@@ -51,6 +51,21 @@ def encode_frame(message: dict[str, Any]) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
+def describe(value: Any, limit: int = 40) -> str:
+    """A short, bounded rendering of a client-sent value for an error message.
+
+    Error messages must not echo what a client sent at full size (an 8 MiB field would come
+    back as a 32 MiB repr) nor recurse into it (msgpack nests up to ~1,000 levels, deeper than
+    ``repr`` can go).
+    """
+    if isinstance(value, list | dict):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    if isinstance(value, str | bytes) and len(value) > limit:
+        return f"{value[:limit]!r}... ({type(value).__name__} of length {len(value)})"
+    text = repr(value)
+    return text if len(text) <= 2 * limit else f"{text[: 2 * limit]}..."
+
+
 def error_message(request_id: int | None, code: str, message: str) -> dict[str, Any]:
     return {"id": request_id, "error": {"code": code, "message": message}}
 
@@ -64,13 +79,15 @@ class FrameDecoder:
 
     A frame over the limit or one that is not a msgpack map yields a fatal
     :class:`ProtocolError` as the last item; the caller answers it with ``id`` nil and closes
-    the connection. Nothing after it is decoded.
+    the connection. Nothing after it is decoded, in this call or any later one: once a frame
+    boundary is lost, the bytes that follow cannot be trusted to start a frame.
     """
 
-    __slots__ = ("_buf", "_need", "max_frame_bytes")
+    __slots__ = ("_buf", "_need", "failed", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
+        self.failed: ProtocolError | None = None  # the fatal error that stopped decoding
         self._buf = bytearray()  # an incomplete frame carried over between reads
         self._need = 0  # bytes the carried-over frame needs before it is worth parsing
 
@@ -79,6 +96,26 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[dict[str, Any] | ProtocolError]:
+        """Complete frames, decoded; a fatal error is the last item and ends decoding."""
+        out: list[dict[str, Any] | ProtocolError] = []
+        for item in self.feed_raw(data):
+            if isinstance(item, ProtocolError):
+                out.append(item)
+                break
+            try:
+                out.append(decode_body(item))
+            except ProtocolError as exc:
+                self.failed = exc
+                out.append(exc)
+                break
+        return out
+
+    def feed_raw(self, data: bytes) -> list[bytes | bytearray | ProtocolError]:
+        """Complete frame bodies, not yet decoded (the server decodes each when it handles
+        it, so a huge read of tiny frames is not decoded in one go). A frame over the limit
+        is a fatal error, the last item."""
+        if self.failed is not None:
+            return []
         buf: bytes | bytearray
         if self._buf:
             self._buf += data
@@ -88,29 +125,24 @@ class FrameDecoder:
             self._buf = bytearray()
         else:
             buf = data
-        out: list[dict[str, Any] | ProtocolError] = []
+        out: list[bytes | bytearray | ProtocolError] = []
         pos = 0
         end = len(buf)
         limit = self.max_frame_bytes
         while end - pos >= LENGTH_PREFIX:
             length = int.from_bytes(buf[pos : pos + LENGTH_PREFIX], "big")
             if length > limit:
-                out.append(
-                    ProtocolError(
-                        ErrorCode.FRAME_TOO_LARGE,
-                        f"frame of {length} bytes exceeds the limit of {limit} bytes",
-                        fatal=True,
-                    )
+                self.failed = ProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"frame of {length} bytes exceeds the limit of {limit} bytes",
+                    fatal=True,
                 )
+                out.append(self.failed)
                 return out
             stop = pos + LENGTH_PREFIX + length
             if stop > end:
                 break
-            try:
-                out.append(decode_body(buf[pos + LENGTH_PREFIX : stop]))
-            except ProtocolError as exc:
-                out.append(exc)
-                return out
+            out.append(buf[pos + LENGTH_PREFIX : stop])
             pos = stop
         if pos < end:
             self._buf = bytearray(buf[pos:])
@@ -123,12 +155,17 @@ class FrameDecoder:
 
 
 def decode_body(body: bytes | bytearray) -> dict[str, Any]:
-    """Decode one frame body into a map with string keys, or raise a fatal ``bad_frame``."""
+    """Decode one frame body into a map, or raise a fatal ``bad_frame``.
+
+    Map keys may be any hashable msgpack value; requests use string keys, so a map keyed
+    otherwise simply lacks the fields a request needs.
+    """
     try:
         message = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
+        detail = str(exc) or type(exc).__name__  # FormatError and StackError carry no text
         raise ProtocolError(
-            ErrorCode.BAD_FRAME, f"frame is not valid msgpack: {exc}", fatal=True
+            ErrorCode.BAD_FRAME, f"frame is not valid msgpack: {detail}", fatal=True
         ) from None
     if not isinstance(message, dict):
         raise ProtocolError(

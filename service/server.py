@@ -17,6 +17,8 @@ from service.settings import Settings
 
 log = structlog.get_logger("ackwal.server")
 
+SHUTDOWN_LINGER = 0.05  # seconds a connection must stay quiet before shutdown closes it
+
 
 class SocketInUseError(RuntimeError):
     """Another process answers on the configured socket path."""
@@ -87,15 +89,24 @@ class Server:
         log.info("server.listening", socket=self.socket_path, mode=self.settings.socket_mode)
 
     async def stop_accepting(self) -> None:
-        """Step one of shutdown: no new connections, no new requests on existing ones."""
+        """Step one of shutdown: no new connections; every new request gets shutting_down."""
         self.stopping = True
         if self._server is not None:
             self._server.close()
-        for conn in list(self._connections):
-            conn.stop_reading()
 
     async def close_connections(self, timeout: float) -> None:
-        """Last step: flush replies, then close every connection (abort after ``timeout``)."""
+        """Last step: flush replies, then close every connection (abort after ``timeout``).
+
+        Requests a client sent before it saw ``shutting_down`` may still be arriving: each
+        connection is closed only once nothing arrived on it for ``SHUTDOWN_LINGER`` seconds,
+        so that those requests are answered instead of being lost with the connection.
+        """
+        loop = asyncio.get_running_loop()
+        linger_until = loop.time() + timeout / 2
+        while loop.time() < linger_until and any(
+            loop.time() - c.last_read < SHUTDOWN_LINGER for c in self._connections
+        ):
+            await asyncio.sleep(SHUTDOWN_LINGER / 5)
         for conn in list(self._connections):
             conn.flush_now()
             if conn.transport is not None:

@@ -118,6 +118,10 @@ class SegmentReader:
                 buf = handle.pread(min(max(chunk, need), end - off), off)
                 buf_off = off
                 rel = 0
+                if len(buf) >= RECORD_HEADER_SIZE:
+                    need = RECORD_HEADER_SIZE + min(_peek_length(buf, 0), self.max_record_size)
+                    if len(buf) < need:  # a record larger than the chunk: read all of it
+                        buf = handle.pread(min(need, end - off), off)
             rec = check_record(buf, rel, self.max_record_size)
             if isinstance(rec, str):
                 raise CorruptionError(seg.path, off, f"while reading seq {seq}: {rec}")

@@ -234,7 +234,7 @@ class SegmentWriter:
             )
         if self._failed is None:
             self._failed = err
-            log.critical("wal.writer_failed", error=str(err), errno=exc.errno, path=path)
+            log.error("wal.writer_failed", error=str(err), errno=exc.errno, path=path)
         return err
 
     def _rotate(self, first_seq: int) -> None:

@@ -268,3 +268,18 @@ def test_a_record_swapped_in_after_open_breaks_the_chain_the_reader_follows(
             list(wal.read(first.seq))
         assert info.value.offset == target.offset
         assert f"chain break at seq {target.seq}" in info.value.reason
+
+
+def test_records_larger_than_the_read_chunk_read_back_whole(tmp_path: Path) -> None:
+    from wal import Wal, WalOptions
+    from wal.reader import READ_CHUNK
+
+    opts = WalOptions(segment_size=4 * READ_CHUNK, max_record_size=2 * READ_CHUNK)
+    small, big = b"s" * 10, bytes(range(256)) * (READ_CHUNK // 256 + 7)
+    with Wal.open(str(tmp_path), opts) as wal:
+        wal.append([big, small, big])
+        got = wal.get(1)
+        assert got is not None and got.payload == big
+        got = wal.get(3)
+        assert got is not None and got.payload == big
+        assert [r.payload for r in wal.read(1)] == [big, small, big]
