@@ -21,6 +21,7 @@ import uvloop
 from service import __version__
 from service.journal import Journal
 from service.metrics import MetricsEndpoint
+from service.runs import RunStartTimeoutError
 from service.server import Server, SocketInUseError
 from service.settings import Settings
 from wal import WalError
@@ -155,6 +156,12 @@ def run_service(settings: Settings, *, fs: FileLayer = OS_FILES) -> int:
         # Refusing to start (directory locked by another server, socket in use, corruption,
         # permissions) is for an operator to fix: one line saying why, not a traceback.
         log.error("service.start_refused", error=str(exc), exit_code=EXIT_START_REFUSED)
+        if isinstance(exc, RunStartTimeoutError):
+            # The writer thread is still inside a write that may never return, and the
+            # interpreter would join it at exit: leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_START_REFUSED)
         return EXIT_START_REFUSED
     if any(j.writer_stuck for j in service.journals.values()):
         # A write or fdatasync that never returned still holds the writer thread, and the

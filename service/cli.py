@@ -50,6 +50,8 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
             "sync_mode",
         )
     }
+    if getattr(args, "read_only", None):
+        flags["read_only"] = True
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -89,10 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the journaling service",
         description="Run the service. Settings: defaults < --config file < ACKWAL_* env < flags. "
-        "Exit codes: 0 clean stop, 2 bad configuration, 70 halted after a disk error "
-        "(restart to recover), 130 forced by a second SIGINT.",
+        "Exit codes: 0 clean stop; 1 refused to start (data directory locked by another "
+        "process, socket in use, corruption: the log line says which); 2 bad configuration; "
+        "70 halted after a disk error, or a write stuck past shutdown_timeout (restart to "
+        "recover); 130 forced by a second SIGINT.",
     )
     _add_setting_flags(serve)
+    serve.add_argument(
+        "--read-only",
+        dest="read_only",
+        action="store_const",
+        const=True,
+        help="serve the journal for inspection and replay: reads, lookups, subscriptions; no "
+        "appends (error read_only), nothing written, no lock: may run beside a writer",
+    )
     serve.set_defaults(func=cmd_serve)
 
     config = sub.add_parser("config", help="configuration tools")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -28,11 +29,15 @@ from service.protocol import (
     ProtocolError,
     encode_frame,
 )
+from service.snapshots import Recovery, SkippedSnapshot, Snapshot, SnapshotInfo
 from wal import RecordType
+from wal.crc import crc32c
 
 log = structlog.get_logger("ackwal.client")
 
 SUBSCRIPTION_HIGH_WATER = 256  # pushed batches buffered before the client stops reading
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+SNAPSHOT_WINDOW = 4  # chunks in flight per upload (the server queues at most 16)
 
 
 class ClientClosedError(ConnectionError):
@@ -53,6 +58,7 @@ class _Subscription:
     )
     next_seq: int = 0
     subscribed: bool = False
+    cursor: str | None = None  # resolved by the server on the first reply
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -122,6 +128,7 @@ class JournalClient:
         self._reconnecting: asyncio.Task[None] | None = None
         self._reading_paused = False
         self._refusal: AckwalError | None = None  # an error with id nil (e.g. busy) this connection
+        self._streams: dict[int, _Stream] = {}  # snapshot_get / recover replies in progress
 
     @classmethod
     async def connect(cls, socket_path: str, **options: Any) -> JournalClient:
@@ -161,16 +168,12 @@ class JournalClient:
                 protocol.write(req.frame)
         for sid, sub in self._subs.items():
             sub.subscribed = False
-            protocol.write(
-                encode_frame(
-                    {
-                        "op": "subscribe",
-                        "id": sid,
-                        "journal": self.journal,
-                        "from_seq": sub.next_seq,
-                    }
-                )
-            )
+            resend: dict[str, Any] = {"op": "subscribe", "id": sid, "journal": self.journal}
+            if sub.cursor is not None and sub.next_seq == 0:
+                resend["cursor"] = sub.cursor  # the server never said where it starts
+            else:
+                resend["from_seq"] = sub.next_seq
+            protocol.write(encode_frame(resend))
         done, _ = await asyncio.wait({fut, protocol.lost}, return_when=asyncio.FIRST_COMPLETED)
         if fut not in done:
             self._pending.pop(hello_id, None)
@@ -192,6 +195,7 @@ class JournalClient:
         if protocol is not self._protocol:
             return
         self._protocol = None
+        self._fail_streams(ConnectionError(f"connection to {self.socket_path} lost: {exc}"))
         if self._closed:
             return
         if not self.reconnect:
@@ -247,6 +251,13 @@ class JournalClient:
                 req.future.set_exception(exc)
         for sub in self._subs.values():
             sub.queue.put_nowait(exc)
+        self._fail_streams(exc)
+
+    def _fail_streams(self, exc: BaseException) -> None:
+        """A snapshot stream cannot resume on a new connection: its caller gets ``exc``."""
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.queue.put_nowait(exc)
 
     async def close(self) -> None:
         """Close the connection; unanswered requests fail with ClientClosedError."""
@@ -306,6 +317,18 @@ class JournalClient:
             else:
                 req.future.set_result(message)
             return
+        stream = self._streams.get(rid) if type(rid) is int else None
+        if stream is not None and type(rid) is int:
+            if "error" in message or "end" in message:
+                del self._streams[rid]
+                if "error" in message:
+                    error = message["error"]
+                    message = {"error": error_from_code(error["code"], error["message"])}
+                elif "from_seq" in message:  # recover: its subscription starts now
+                    seq = message["from_seq"]
+                    self._subs[rid] = _Subscription(from_seq=seq, next_seq=seq, subscribed=True)
+            stream.queue.put_nowait(message)
+            return
         sub = self._subs.get(rid) if type(rid) is int else None
         if sub is not None and type(rid) is int:
             if "records" in message:
@@ -316,6 +339,8 @@ class JournalClient:
                     self._throttle()
             elif "subscribed" in message:
                 sub.subscribed = True
+                if sub.next_seq == 0:
+                    sub.next_seq = message["from_seq"]
             elif "error" in message:
                 error = message["error"]
                 if error["code"] == ErrorCode.SHUTTING_DOWN and self.reconnect:
@@ -399,24 +424,65 @@ class JournalClient:
         return entry_from_wire(record) if record is not None else None
 
     async def read(self, from_seq: int = 1, limit: int = 1000) -> list[StoredEntry]:
-        """Durable entries from ``from_seq``, at most ``limit`` (fewer near the end)."""
-        reply = await self._request({"op": "read", "from_seq": from_seq, "limit": limit})
-        return [entry_from_wire(r) for r in reply["records"] if r["type"] == RecordType.ENTRY]
+        """Durable entries from ``from_seq``, at most ``limit`` records' worth.
+
+        Records that are not entries (run markers) are skipped; if a whole page holds none,
+        the next page is fetched, so an empty list means the end of the log. To page, continue
+        from the last returned entry's seq + 1.
+        """
+        while True:
+            reply = await self._request({"op": "read", "from_seq": from_seq, "limit": limit})
+            records = reply["records"]
+            entries = [entry_from_wire(r) for r in records if r["type"] == RecordType.ENTRY]
+            if entries or not records or records[-1]["seq"] >= reply["last_seq"]:
+                return entries
+            from_seq = records[-1]["seq"] + 1
 
     async def status(self) -> dict[str, Any]:
         reply = await self._request({"op": "status"})
         status: dict[str, Any] = reply["status"]
         return status
 
-    async def subscribe(self, from_seq: int | None = None) -> AsyncIterator[StoredEntry]:
+    async def cursor_commit(self, cursor: str, seq: int) -> int:
+        """Durably move ``cursor`` to ``seq``, the last seq this consumer has processed.
+
+        Never backwards (BadRequestError), never beyond the journal's last seq (OutOfRangeError).
+        """
+        reply = await self._request({"op": "cursor_commit", "cursor": cursor, "seq": seq})
+        return int(reply["seq"])
+
+    async def cursor_delete(self, cursor: str) -> bool:
+        """Remove ``cursor`` (it then no longer holds back retention); False if unknown."""
+        reply = await self._request({"op": "cursor_delete", "cursor": cursor})
+        return bool(reply["deleted"])
+
+    async def cursors(self) -> dict[str, int]:
+        """Every cursor's committed seq."""
+        reply = await self._request({"op": "cursors"})
+        return {name: int(c["seq"]) for name, c in reply["cursors"].items()}
+
+    async def subscribe(
+        self, from_seq: int | None = None, *, cursor: str | None = None
+    ) -> AsyncIterator[StoredEntry]:
         """Durable entries from ``from_seq`` (default: only new ones), history then live.
 
-        No gap and no duplicate, also across a reconnect. Stop iterating to unsubscribe.
+        With ``cursor``, starts right after the cursor's committed seq (a cursor never
+        committed starts at ``from_seq``, or else at the first retained seq); commit progress
+        with :meth:`cursor_commit`. No gap and no duplicate, also across a reconnect. Stop
+        iterating to unsubscribe.
         """
-        if from_seq is None:
-            from_seq = int((await self.status())["last_seq"]) + 1
-        sub = _Subscription(from_seq=from_seq, next_seq=from_seq)
-        sid, fut = self._send({"op": "subscribe", "from_seq": from_seq})
+        request: dict[str, Any] = {"op": "subscribe"}
+        if cursor is not None:
+            request["cursor"] = cursor
+            if from_seq is not None:
+                request["from_seq"] = from_seq
+            sub = _Subscription(from_seq=from_seq or 0, next_seq=0, cursor=cursor)
+        else:
+            if from_seq is None:
+                from_seq = int((await self.status())["last_seq"]) + 1
+            request["from_seq"] = from_seq
+            sub = _Subscription(from_seq=from_seq, next_seq=from_seq)
+        sid, fut = self._send(request)
         self._subs[sid] = sub
         try:
             await fut
@@ -436,6 +502,161 @@ class JournalClient:
                     self._request({"op": "unsubscribe", "subscription": sid}).add_done_callback(
                         _ignore_result
                     )
+
+    # -- snapshots and recover ----------------------------------------------------------------
+
+    async def snapshot_put(
+        self,
+        anchor_seq: int,
+        data: bytes | bytearray | memoryview | AsyncIterable[bytes],
+        *,
+        chunk_bytes: int = SNAPSHOT_CHUNK_BYTES,
+    ) -> SnapshotInfo:
+        """Store the engine's state as of ``anchor_seq``, streamed in chunks.
+
+        ``data`` is the whole blob or an async iterator of pieces (any sizes). Up to
+        ``SNAPSHOT_WINDOW`` chunks are in flight; the server checks size and CRC-32C at commit.
+        On any error the upload is abandoned and nothing is stored.
+        """
+        max_frame = int(self.server_info.get("max_frame_bytes", 8 * 1024 * 1024))
+        chunk_bytes = max(1, min(chunk_bytes, max_frame - 1024))
+        begin = await self._request({"op": "snapshot_begin", "anchor_seq": anchor_seq})
+        upload = begin["upload"]
+        window: deque[asyncio.Future[dict[str, Any]]] = deque()
+        size = 0
+        crc = 0
+        try:
+            async for piece in _pieces(data, chunk_bytes):
+                chunk = {"op": "snapshot_chunk", "upload": upload, "data": piece}
+                window.append(self._request(chunk))
+                size += len(piece)
+                crc = crc32c(piece, crc)
+                if len(window) >= SNAPSHOT_WINDOW:
+                    await window.popleft()
+            while window:
+                await window.popleft()
+            reply = await self._request(
+                {"op": "snapshot_commit", "upload": upload, "size": size, "crc": crc}
+            )
+        except BaseException:
+            for fut in window:
+                fut.add_done_callback(_ignore_result)
+            if self._protocol is not None and not self._closed:
+                with contextlib.suppress(AckwalError, ConnectionError):
+                    self._request({"op": "snapshot_abort", "upload": upload}).add_done_callback(
+                        _ignore_result
+                    )
+            raise
+        info = reply["snapshot"]
+        return SnapshotInfo(info["anchor_seq"], info["size"], info["crc"])
+
+    async def _stream(self, message: dict[str, Any]) -> tuple[dict[str, Any], _Stream]:
+        stream = _Stream()
+        rid, fut = self._send(message)
+        self._streams[rid] = stream
+        stream.rid = rid
+        try:
+            header = await fut
+        except BaseException:
+            self._streams.pop(rid, None)
+            raise
+        return header, stream
+
+    async def _blob(self, stream: _Stream, header: dict[str, Any]) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            item = await stream.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if "error" in item:
+                raise item["error"]
+            if "chunk" in item:
+                parts.append(item["chunk"])
+            if "end" in item:
+                break
+        data = b"".join(parts)
+        info = header["snapshot"]
+        if info is not None and (len(data) != info["size"] or crc32c(data) != info["crc"]):
+            raise AckwalError("snapshot arrived damaged (size or CRC mismatch)", ErrorCode.INTERNAL)
+        return data
+
+    async def snapshot_get(self) -> Snapshot | None:
+        """The newest valid snapshot, or None. A corrupt newer one is listed in ``skipped``."""
+        header, stream = await self._stream({"op": "snapshot_get"})
+        info = header["snapshot"]
+        if info is None:
+            self._streams.pop(stream.rid, None)
+            return None
+        data = await self._blob(stream, header)
+        return Snapshot(_info(info), data, _skipped(header["fallbacks"]))
+
+    async def recover(self) -> Recovery:
+        """The newest valid snapshot, then every entry after its anchor (history, then live).
+
+        Apply ``snapshot`` (if any), then iterate ``entries``; the engine is as current as the
+        journal was at the call once it has applied ``last_seq``. ``skipped`` lists newer
+        snapshots that were corrupt (the server logged a warning for each).
+        """
+        header, stream = await self._stream({"op": "recover"})
+        rid = stream.rid
+        data = await self._blob(stream, header)
+        info = header["snapshot"]
+        skipped = _skipped(header["fallbacks"])
+        snapshot = Snapshot(_info(info), data, skipped) if info is not None else None
+        return Recovery(
+            snapshot, header["from_seq"], header["last_seq"], skipped, self._entries(rid)
+        )
+
+    async def _entries(self, sid: int) -> AsyncIterator[StoredEntry]:
+        """The entries of subscription ``sid`` (a recover's); unsubscribes when abandoned."""
+        try:
+            while True:
+                sub = self._subs.get(sid)
+                if sub is None:
+                    return
+                item = await sub.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if self._reading_paused:
+                    self._throttle()
+                for record in item:
+                    if record["type"] == RecordType.ENTRY:
+                        yield entry_from_wire(record)
+        finally:
+            self._subs.pop(sid, None)
+            if self._protocol is not None and not self._closed:
+                with contextlib.suppress(AckwalError, ConnectionError):
+                    self._request({"op": "unsubscribe", "subscription": sid}).add_done_callback(
+                        _ignore_result
+                    )
+
+
+@dataclass(slots=True)
+class _Stream:
+    queue: asyncio.Queue[dict[str, Any] | BaseException] = field(default_factory=asyncio.Queue)
+    rid: int = 0
+
+
+async def _pieces(
+    data: bytes | bytearray | memoryview | AsyncIterable[bytes], size: int
+) -> AsyncIterator[bytes]:
+    if isinstance(data, bytes | bytearray | memoryview):
+        view = memoryview(data)
+        for start in range(0, len(view), size):
+            yield bytes(view[start : start + size])
+        return
+    async for piece in data:
+        view = memoryview(piece)
+        for start in range(0, len(view), size):
+            yield bytes(view[start : start + size])
+
+
+def _info(wire: dict[str, Any]) -> SnapshotInfo:
+    return SnapshotInfo(wire["anchor_seq"], wire["size"], wire["crc"])
+
+
+def _skipped(wire: list[dict[str, Any]]) -> list[SkippedSnapshot]:
+    return [SkippedSnapshot(s["anchor_seq"], s["reason"]) for s in wire]
 
 
 def _ignore_result(fut: asyncio.Future[dict[str, Any]]) -> None:

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
 from service import __version__
+from service import snapshots as snapshot_ops
+from service.cursors import check_name as check_cursor_name
 from service.entry import APPEND_FIELDS, ENTRY_FIELDS, check_request_id, prepare_entry
 from service.errors import AckwalError
 from service.fanout import SubscriberSink, Subscription
@@ -38,6 +41,7 @@ from service.protocol import (
     raw_array,
 )
 from wal import Record
+from wal.reader import SeqOutOfRangeError
 
 if TYPE_CHECKING:
     from service.server import Server
@@ -126,10 +130,21 @@ class Connection(asyncio.Protocol, SubscriberSink):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = tr = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         tr.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        refused_uid = self.server.refused_peer_uid(tr)
+        if refused_uid is not None:
+            log.warning("connection.forbidden", uid=refused_uid)
+            message = f"uid {refused_uid} is not in allowed_uids"
+            tr.write(encode_error(None, ErrorCode.FORBIDDEN, message))
+            self.closed = True
+            tr.close()
+            return
         if not self.server.register(self):
-            limit = self.server.settings.max_connections
-            message = f"too many connections (max_connections={limit})"
-            tr.write(encode_error(None, ErrorCode.BUSY, message))
+            if self.server.stopping:
+                code, message = ErrorCode.SHUTTING_DOWN, "the service is shutting down"
+            else:
+                limit = self.server.settings.max_connections
+                code, message = ErrorCode.BUSY, f"too many connections (max_connections={limit})"
+            tr.write(encode_error(None, code, message))
             self.closed = True
             tr.close()
 
@@ -141,6 +156,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
         for journal, sub in self._subs.values():
             journal.fanout.unsubscribe(sub)
         self._subs.clear()
+        snapshot_ops.connection_lost(self)
         self.server.unregister(self)
 
     def pause_writing(self) -> None:
@@ -237,7 +253,9 @@ class Connection(asyncio.Protocol, SubscriberSink):
         try:
             if op == "append" and self.hello:
                 journal = self._journal(message)
-                entry = prepare_entry(message, recv, self.max_record_size, APPEND_FIELDS)
+                entry = prepare_entry(
+                    message, recv, self.max_record_size, APPEND_FIELDS, journal.event_policy
+                )
                 self.inflight += 1
                 try:
                     journal.submit(entry, self, rid, self._t)
@@ -337,7 +355,11 @@ class Connection(asyncio.Protocol, SubscriberSink):
             if type(item) is not dict:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"entries[{i}] must be a map")
             try:
-                entries.append(prepare_entry(item, recv, self.max_record_size, ENTRY_FIELDS))
+                entries.append(
+                    prepare_entry(
+                        item, recv, self.max_record_size, ENTRY_FIELDS, journal.event_policy
+                    )
+                )
             except ProtocolError as exc:
                 raise ProtocolError(exc.code, f"entries[{i}]: {exc.message}") from None
         self.inflight += 1
@@ -362,7 +384,10 @@ class Connection(asyncio.Protocol, SubscriberSink):
             self.answered(self.lookup_frame(rid, journal, seq), count=False)
 
     def lookup_frame(self, rid: int, journal: Journal, seq: int) -> bytes:
-        rec = journal.wal.get(seq)
+        try:
+            rec = journal.wal.get(seq)
+        except SeqOutOfRangeError:
+            rec = None  # deleted by retention
         if rec is None:
             return encode_frame({"id": rid, "record": None})
         return frame_with_raw({"id": rid}, "record", encode_record(rec.seq, rec.type, rec.payload))
@@ -386,9 +411,13 @@ class Connection(asyncio.Protocol, SubscriberSink):
 
     def _op_subscribe(self, message: dict[str, Any], rid: int, recv: int) -> None:
         journal = self._journal(message)
-        from_seq = message.get("from_seq", journal.last_seq + 1)
-        if type(from_seq) is not int or from_seq < 1:
+        cursor = message.get("cursor")
+        from_seq = message.get("from_seq", None if cursor is not None else journal.last_seq + 1)
+        if from_seq is not None and (type(from_seq) is not int or from_seq < 1):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'from_seq' must be an integer >= 1")
+        if cursor is not None:
+            from_seq = journal.cursor_start(cursor, from_seq)
+        assert from_seq is not None
         if rid in self._subs:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"subscription id {rid} is already in use")
         # subscribe() checks the range (out_of_range is the only reply then) and starts the
@@ -398,6 +427,15 @@ class Connection(asyncio.Protocol, SubscriberSink):
         self.answered(
             encode_frame({"id": rid, "subscribed": True, "from_seq": from_seq}), count=False
         )
+
+    def has_subscription(self, rid: int) -> bool:
+        return rid in self._subs
+
+    def start_subscription(self, journal: Journal, rid: int, from_seq: int) -> None:
+        """Subscribe ``rid`` from ``from_seq`` with no reply of its own (``recover`` uses it)."""
+        if rid in self._subs:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"subscription id {rid} is already in use")
+        self._subs[rid] = (journal, journal.fanout.subscribe(self, rid, from_seq))
 
     def _op_unsubscribe(self, message: dict[str, Any], rid: int, recv: int) -> None:
         sub_id = message.get("subscription")
@@ -409,6 +447,48 @@ class Connection(asyncio.Protocol, SubscriberSink):
         journal, sub = entry
         journal.fanout.unsubscribe(sub)
         self.answered(encode_frame({"id": rid, "unsubscribed": sub_id}), count=False)
+
+    def _op_cursor_commit(self, message: dict[str, Any], rid: int, recv: int) -> None:
+        journal = self._journal(message)
+        name = check_cursor_name(message.get("cursor"))
+        seq = message.get("seq")
+        if type(seq) is not int or seq < 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'seq' must be an integer >= 0")
+        self._run_cursor_op(rid, journal.cursor_commit(name, seq), "seq")
+
+    def _op_cursor_delete(self, message: dict[str, Any], rid: int, recv: int) -> None:
+        journal = self._journal(message)
+        name = check_cursor_name(message.get("cursor"))
+        self._run_cursor_op(rid, journal.cursor_delete(name), "deleted")
+
+    def _op_cursors(self, message: dict[str, Any], rid: int, recv: int) -> None:
+        journal = self._journal(message)
+        last = journal.last_seq
+        cursors = {
+            name: {"seq": seq, "lag": last - seq} for name, seq in journal.cursors.all().items()
+        }
+        self.answered(encode_frame({"id": rid, "cursors": cursors, "last_seq": last}), count=False)
+
+    def _run_cursor_op(self, rid: int, op: Coroutine[Any, Any, Any], field: str) -> None:
+        """Cursor writes wait for an fsync: answered from a task, in any order (by ``id``)."""
+        task = asyncio.ensure_future(op)
+        _CURSOR_TASKS.add(task)
+
+        def done(task: asyncio.Future[Any]) -> None:
+            _CURSOR_TASKS.discard(task)
+            if task.cancelled():
+                self._reply_error(rid, ErrorCode.SHUTTING_DOWN, "the service is shutting down")
+                return
+            exc = task.exception()
+            if isinstance(exc, ProtocolError | AckwalError):
+                self._reply_error(rid, exc.code, str(exc))
+            elif exc is not None:
+                log.error("connection.cursor_op_failed", error=str(exc))
+                self._reply_error(rid, ErrorCode.INTERNAL, f"internal error: {exc}")
+            else:
+                self.answered(encode_frame({"id": rid, field: task.result()}), count=False)
+
+        task.add_done_callback(done)
 
     def _op_status(self, message: dict[str, Any], rid: int, recv: int) -> None:
         journal = self._journal(message)
@@ -536,4 +616,9 @@ _HANDLERS = {
     "subscribe": Connection._op_subscribe,
     "unsubscribe": Connection._op_unsubscribe,
     "status": Connection._op_status,
+    "cursor_commit": Connection._op_cursor_commit,
+    "cursor_delete": Connection._op_cursor_delete,
+    "cursors": Connection._op_cursors,
+    **snapshot_ops.HANDLERS,
 }
+_CURSOR_TASKS: set[asyncio.Future[Any]] = set()

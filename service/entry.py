@@ -162,16 +162,48 @@ def _check_events(value: Any) -> list[Any]:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class EventPolicy:
+    """How much of each event the WAL keeps, for ``event_persistence`` other than ``full``.
+
+    ``summary`` keeps each event's type and key (not its data); ``none`` keeps no event. Types
+    in ``critical`` are always kept as sent. Event indexes refer to the events as stored.
+    """
+
+    mode: str
+    critical: frozenset[str]
+
+    def apply(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        critical = self.critical
+        summary = self.mode == "summary"
+        out: list[dict[str, Any]] = []
+        for event in events:
+            etype = event["type"]
+            if etype in critical:
+                out.append(event)
+            elif summary:
+                out.append({"type": etype, "key": event.get("key")})
+        return out
+
+
+def event_policy(mode: str, critical: frozenset[str]) -> EventPolicy | None:
+    """The policy for a journal; None for ``full`` (events stored as sent: no work per entry)."""
+    return None if mode == "full" else EventPolicy(mode, critical)
+
+
 def prepare_entry(
     message: dict[str, Any],
     recv_ms: int,
     max_payload: int,
     allowed: frozenset[str] = ENTRY_FIELDS,
+    policy: EventPolicy | None = None,
 ) -> PreparedEntry:
     """Validate one entry map (an ``append`` request, or one item of ``append_batch``).
 
     Raises ``bad_request`` naming the first problem, or ``entry_too_large``. ``allowed`` is the
     set of keys the map may hold (an ``append`` request also carries op, id and journal).
+    ``policy`` is the journal's event persistence (None: ``full``); the size limit applies to
+    what is stored.
     """
     unknown = message.keys() - allowed
     if unknown:
@@ -185,6 +217,8 @@ def prepare_entry(
         raise _bad("field 'command' is required and must be binary (msgpack bin)")
     response = _opt_bin(message, "response")
     events = _check_events(message.get("events"))
+    if policy is not None and events:
+        events = policy.apply(events)
     payload = _packer.pack(
         [
             ENTRY_PAYLOAD_VERSION,
@@ -216,8 +250,18 @@ def decode_entry(seq: int, payload: bytes) -> StoredEntry:
     return StoredEntry(seq, *fields[1:])
 
 
+_ENTRY_PREFIX: Final = b"\x9b\x01\xc4\x10"  # array of 11, version 1, bin8 of 16 bytes
+
+
 def entry_request_id(payload: bytes) -> tuple[bytes, int]:
-    """(request_id, recv_ms) of an ENTRY payload: used to rebuild the idempotency index."""
+    """(request_id, recv_ms) of an ENTRY payload: used to rebuild the idempotency index.
+
+    Start-up reads this for every entry in the window (millions), so the common layout is
+    sliced directly: the prefix above, the 16 id bytes, then recv_ms as a msgpack uint64
+    (0xcf; any wall-clock time in ms after 1970-02 needs it). Anything else is unpacked.
+    """
+    if payload[:4] == _ENTRY_PREFIX and payload[20] == 0xCF:
+        return payload[4:20], int.from_bytes(payload[21:29], "big")
     fields = msgpack.unpackb(payload, raw=False)
     return fields[1], fields[2]
 

@@ -52,6 +52,12 @@ class BusyError(AckwalError):
     code = ErrorCode.BUSY
 
 
+class ForbiddenError(AckwalError):
+    """The server refused this peer (its uid is not in ``allowed_uids``)."""
+
+    code = ErrorCode.FORBIDDEN
+
+
 class ShuttingDownError(AckwalError):
     code = ErrorCode.SHUTTING_DOWN
 
@@ -62,6 +68,19 @@ class OutOfRangeError(AckwalError):
 
 class UnknownJournalError(AckwalError):
     code = ErrorCode.UNKNOWN_JOURNAL
+
+
+class JournalFullError(AckwalError):
+    """``max_journal_bytes`` is reached and retention cannot free space: nothing is wrong with
+    the disk. Appends resume once space is freed (a snapshot, a cursor moved, a higher limit)."""
+
+    code = ErrorCode.JOURNAL_FULL
+
+
+class ReadOnlyError(AckwalError):
+    """The service was started with ``--read-only``: it serves reads, never writes."""
+
+    code = ErrorCode.READ_ONLY
 
 
 _BY_CODE: dict[str, type[AckwalError]] = {
@@ -75,9 +94,12 @@ _BY_CODE: dict[str, type[AckwalError]] = {
         EntryTooLargeError,
         HaltedError,
         BusyError,
+        ForbiddenError,
         ShuttingDownError,
         OutOfRangeError,
         UnknownJournalError,
+        JournalFullError,
+        ReadOnlyError,
     )
 }
 

@@ -80,6 +80,10 @@ class Fanout:
         last = self.journal.last_seq
         return [max(0, last - s.next_seq + 1) for s in self._subs]
 
+    def lowest_next_seq(self) -> int | None:
+        """The lowest seq an open subscription has yet to receive (retention keeps it)."""
+        return min((s.next_seq for s in self._subs), default=None)
+
     def subscribe(self, sink: SubscriberSink, sub_id: Any, from_seq: int) -> Subscription:
         first = self.journal.wal.first_seq
         from_seq = max(from_seq, 1)

@@ -14,12 +14,13 @@ import functools
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
+from service.cursors import CursorStore, check_name
 from service.entry import (
     AppendResult,
     PreparedEntry,
@@ -27,6 +28,7 @@ from service.entry import (
     decode_entry,
     entry_map,
     entry_request_id,
+    event_policy,
     prepare_entry,
 )
 from service.errors import AckwalError, error_from_code
@@ -34,7 +36,10 @@ from service.fanout import Fanout, SubscriberSink
 from service.idempotency import IdempotencyIndex
 from service.metrics import JournalMetrics
 from service.protocol import ErrorCode
-from service.settings import Settings
+from service.retention import Retention
+from service.runs import RunStartTimeoutError, last_run, run_sealed_payload, run_started_payload
+from service.settings import Settings, parse_type_list
+from service.snapshots import Recovery, Snapshot, SnapshotInfo, Snapshots
 from wal import Record, RecordType, Wal, WalError, WalOptions
 from wal.fileio import OS_FILES, FileLayer
 from wal.reader import SeqOutOfRangeError
@@ -114,6 +119,15 @@ class Journal:
             int(settings.idempotency_window * 1000), settings.idempotency_max_entries
         )
         self.fanout = Fanout(self)
+        self.cursors = CursorStore(
+            wal.directory, wal.fs, last_seq=lambda: self.last_seq, read_only=wal.readonly
+        )
+        self.event_policy = event_policy(
+            settings.event_persistence, parse_type_list(settings.critical_event_types)
+        )
+        self.snapshots = Snapshots(self)
+        self.retention = Retention(self, floor_seq=self._cursor_floor)
+        self.full: str | None = None  # why appends get journal_full (max_journal_bytes)
         self.halted: str | None = None
         self.closing = False
         self.last_seq = wal.last_seq
@@ -135,6 +149,7 @@ class Journal:
         self._last_backpressure_log = 0.0
         self._closed = asyncio.Event()
         self.writer_stuck = False  # close() left a write that never returned (see close)
+        self.run_started_seq = 0  # this run's RUN_STARTED record (0 until it is durable)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -161,13 +176,21 @@ class Journal:
             )
         loop = asyncio.get_running_loop()
         wal = await loop.run_in_executor(
-            None, functools.partial(Wal.open, settings.data_dir, options, fs=fs)
+            None,
+            functools.partial(
+                Wal.open, settings.data_dir, options, fs=fs, readonly=settings.read_only
+            ),
         )
         journal = cls(name, wal, settings)
         try:
             await loop.run_in_executor(None, journal._rebuild_index)
+            await loop.run_in_executor(None, journal.cursors.load)
+            await journal.snapshots.open()
+            if not wal.readonly:  # read-only: no run, nothing written
+                await journal._begin_run()
         except BaseException:
-            wal.close()
+            if not journal.writer_stuck:
+                wal.close()
             raise
         journal._start()
         rec = wal.recovery
@@ -183,24 +206,77 @@ class Journal:
         )
         return journal
 
+    async def _begin_run(self) -> None:
+        """Log the run we recover from, then make this run's RUN_STARTED record durable.
+
+        Nothing is appended before it: the batcher starts (and the socket is bound) only after.
+        A disk that does not complete the write within ``run_started_timeout`` refuses the start.
+        """
+        loop = asyncio.get_running_loop()
+        previous = await loop.run_in_executor(None, last_run, self.wal)
+        if previous is not None:
+            fields = previous.to_json()
+            if previous.sealed:
+                log.info("journal.previous_run", journal=self.name, **fields)
+            else:
+                log.warning(
+                    "journal.recovering_from_run",
+                    journal=self.name,
+                    detail="the previous run ended without a seal (crash, kill or fail-stop)",
+                    **fields,
+                )
+        payload = run_started_payload(self.settings)
+        write = loop.run_in_executor(
+            self._executor, self.wal.append, [payload], RecordType.RUN_STARTED
+        )
+        timeout = self.settings.run_started_timeout
+        try:
+            seq = await asyncio.wait_for(write, timeout)
+        except TimeoutError:
+            self.writer_stuck = True  # the write may never return: never wait for it
+            self._executor.shutdown(wait=False)
+            raise RunStartTimeoutError(
+                f"the run_started record was not durable within run_started_timeout="
+                f"{timeout}s: the disk under {self.wal.directory} does not complete writes; "
+                f"start refused"
+            ) from None
+        self.run_started_seq = seq
+        self.last_seq = self.wal.last_seq
+
     def _rebuild_index(self) -> None:
         """Re-learn committed request ids in the window from the tail of the WAL."""
         wal = self.wal
-        if wal.last_seq == 0:
+        want = self.index.max_entries
+        if wal.last_seq == 0 or want <= 0:
             return
-        start = max(wal.first_seq, wal.last_seq - self.index.max_entries + 1)
         cutoff = now_ms() - self.index.window_ms
+        # Run records take seqs too: widen the window back until it holds ``want`` entries.
+        chunks: list[list[tuple[bytes, int, int]]] = []
+        end = wal.last_seq
+        start = max(wal.first_seq, end - want + 1)
+        found = 0
+        while True:
+            chunk = []
+            for rec in wal.read(start, end):
+                if rec.type == RecordType.ENTRY:
+                    rid, recv_ms = entry_request_id(rec.payload)
+                    chunk.append((rid, rec.seq, recv_ms))
+            chunks.append(chunk)
+            found += len(chunk)
+            if found >= want or start <= wal.first_seq:
+                break
+            end = start - 1
+            start = max(wal.first_seq, end - (want - found) + 1)
         index = self.index
-        for rec in wal.read(start):
-            if rec.type != RecordType.ENTRY:
-                continue
-            rid, recv_ms = entry_request_id(rec.payload)
-            if recv_ms >= cutoff:
-                index.add(rid, rec.seq, recv_ms)
+        for chunk in reversed(chunks):
+            for rid, seq, recv_ms in chunk:
+                if recv_ms >= cutoff:
+                    index.add(rid, seq, recv_ms)
 
     def _start(self) -> None:
         self._tasks.append(asyncio.create_task(self._batch_loop(), name=f"batcher-{self.name}"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name=f"watchdog-{self.name}"))
+        self.retention.start()
 
     async def close(self) -> None:
         """Commit everything queued, then stop the batcher and close the WAL."""
@@ -223,8 +299,12 @@ class Journal:
             await asyncio.wait([batcher])
             if not batcher.cancelled():
                 batcher.result()  # a batcher that died of a bug says so here
+        await self.retention.stop()
         self.fanout.close()
         self._fail_queued(ErrorCode.SHUTTING_DOWN, "the journal is shutting down")
+        await self.cursors.close()
+        if not self.writer_stuck and self.halted is None and self.run_started_seq:
+            await self._seal_run()
         if self.writer_stuck:
             self._executor.shutdown(wait=False)
         else:
@@ -232,6 +312,20 @@ class Journal:
             self._executor.shutdown(wait=True)
         self._closed.set()
         log.info("journal.closed", journal=self.name, last_seq=self.last_seq)
+
+    async def _seal_run(self) -> None:
+        """A clean stop: RUN_SEALED after everything this run committed."""
+        payload = run_sealed_payload(self.run_started_seq, self.stats.appended)
+        loop = asyncio.get_running_loop()
+        try:
+            seq = await loop.run_in_executor(
+                self._executor, self.wal.append, [payload], RecordType.RUN_SEALED
+            )
+        except WalError as exc:
+            log.error("journal.run_seal_failed", journal=self.name, error=str(exc))
+            return
+        self.last_seq = seq
+        log.info("journal.run_sealed", journal=self.name, started_seq=self.run_started_seq, seq=seq)
 
     def on_halt(self, callback: Callable[[str], None]) -> None:
         self._on_halt.append(callback)
@@ -258,6 +352,8 @@ class Journal:
         return {
             "journal": self.name,
             "first_seq": self.wal.first_seq,
+            "journal_full": self.full is not None,
+            "snapshot_anchor_seq": self.snapshots.newest_anchor,
             "last_seq": self.last_seq,
             "chain_head": self.wal.chain_head,
             "queue_depth": len(self._queue),
@@ -272,6 +368,8 @@ class Journal:
             "batches": self.stats.batches,
             "bytes_written": self.stats.bytes_written,
             "backpressure_events": self.stats.backpressure_events,
+            "cursors": self.cursors.all(),
+            "read_only": self.wal.readonly,
         }
 
     # -- appending (core, non-blocking) -------------------------------------------------------
@@ -284,6 +382,10 @@ class Journal:
         Never waits: callers check :attr:`queue_full` and apply backpressure themselves. ``t``
         is when the request arrived (``time.perf_counter()``), for the latency histograms.
         """
+        if self.wal.readonly:
+            message = f"journal {self.name} is served read-only: appends are not accepted"
+            self._refuse(sink, token, ErrorCode.READ_ONLY, message)
+            return
         if self.halted is not None:
             self._refuse(
                 sink, token, ErrorCode.HALTED, f"journal {self.name} is halted: {self.halted}"
@@ -294,6 +396,9 @@ class Journal:
             return
         rid = entry.request_id
         if self._answer_duplicate(rid, sink, token):
+            return
+        if self.full is not None:  # after the duplicate check: a retry of a stored entry is fine
+            self._refuse(sink, token, ErrorCode.JOURNAL_FULL, self.full)
             return
         pending = Pending(entry, sink, token, time.perf_counter() if t is None else t)
         self._inflight[rid] = pending
@@ -310,7 +415,7 @@ class Journal:
         """Queue entries that must be committed in the same batch (``append_batch``)."""
         if t is None:
             t = time.perf_counter()
-        if self.halted is not None or self.closing:
+        if self.halted is not None or self.closing or self.full is not None or self.wal.readonly:
             for entry, (sink, token) in zip(entries, sinks, strict=True):
                 self.submit(entry, sink, token, t)
             return
@@ -461,6 +566,7 @@ class Journal:
         stats.bytes_written += nbytes
         stats.last_batch_entries = len(batch)
         self.fanout.publish(first, [p.entry.payload for p in batch], RecordType.ENTRY)
+        self.retention.note_commit()
 
     def _signal_space(self) -> None:
         if len(self._queue) < self._capacity:
@@ -518,7 +624,10 @@ class Journal:
     # -- reading ------------------------------------------------------------------------------
 
     def _stored_entry(self, seq: int) -> StoredEntry | None:
-        rec = self.wal.get(seq)
+        try:
+            rec = self.wal.get(seq)
+        except SeqOutOfRangeError:
+            return None  # deleted by retention: the seq is still known, the record is not
         if rec is None or rec.type != RecordType.ENTRY:
             return None
         return decode_entry(rec.seq, rec.payload)
@@ -588,6 +697,7 @@ class Journal:
             ),
             now_ms(),
             self.settings.max_record_size,
+            policy=self.event_policy,
         )
         await self.wait_for_space()
         fut: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
@@ -598,7 +708,10 @@ class Journal:
         """Append entry maps (fields as in :meth:`append`) committed in one batch."""
         recv = now_ms()
         prepared = [
-            prepare_entry(_normalise(e), recv, self.settings.max_record_size) for e in entries
+            prepare_entry(
+                _normalise(e), recv, self.settings.max_record_size, policy=self.event_policy
+            )
+            for e in entries
         ]
         await self.wait_for_space()
         loop = asyncio.get_running_loop()
@@ -623,10 +736,50 @@ class Journal:
             if r.type == RecordType.ENTRY
         ]
 
-    async def subscribe(self, from_seq: int = 1) -> AsyncIterator[StoredEntry]:
-        """Durable entries from ``from_seq``: history, then live, with no gap and no duplicate."""
+    def cursor_start(self, cursor: str, from_seq: int | None) -> int:
+        """Where ``subscribe(cursor=...)`` starts: right after the cursor's committed seq; for a
+        cursor never committed, ``from_seq`` or else the first retained seq."""
+        committed = self.cursors.get(check_name(cursor))
+        if committed is not None:
+            return committed + 1
+        return from_seq if from_seq is not None else self.wal.first_seq
+
+    async def cursor_commit(self, name: str, seq: int) -> int:
+        """Durably move cursor ``name`` to ``seq`` (the last seq its consumer has processed)."""
+        return await self.cursors.commit(name, seq)
+
+    async def cursor_delete(self, name: str) -> bool:
+        """Remove cursor ``name`` (it then no longer holds back retention)."""
+        return await self.cursors.delete(name)
+
+    def _cursor_floor(self) -> int | None:
+        """The lowest seq a durable cursor still needs (retention keeps it and everything after)."""
+        lowest = self.cursors.lowest()
+        return lowest + 1 if lowest is not None else None
+
+    async def snapshot_put(
+        self, anchor_seq: int, data: bytes | AsyncIterable[bytes]
+    ) -> SnapshotInfo:
+        """Store the engine's state as of ``anchor_seq`` (bytes, or an async iterator of chunks)."""
+        return await self.snapshots.put(anchor_seq, data)
+
+    async def snapshot_get(self) -> Snapshot | None:
+        """The newest valid snapshot (a corrupt newer one is passed over with a warning)."""
+        return await self.snapshots.get()
+
+    async def recover(self) -> Recovery:
+        """The newest valid snapshot and every entry after its anchor (history, then live)."""
+        return await self.snapshots.recover()
+
+    async def subscribe(
+        self, from_seq: int | None = None, *, cursor: str | None = None
+    ) -> AsyncIterator[StoredEntry]:
+        """Durable entries from ``from_seq`` (default 1), or right after ``cursor``'s committed
+        seq: history, then live, with no gap and no duplicate."""
+        if cursor is not None:
+            from_seq = self.cursor_start(cursor, from_seq)
         sink = QueueSubscriber()
-        sub = self.fanout.subscribe(sink, 0, from_seq)
+        sub = self.fanout.subscribe(sink, 0, 1 if from_seq is None else from_seq)
         try:
             while True:
                 item = await sink.queue.get()

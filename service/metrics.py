@@ -190,12 +190,40 @@ class AckwalCollector(Collector):
                     lambda j: len(j.wal.segments()))  # fmt: skip
         yield gauge("ackwal_wal_bytes", "Bytes of valid records in the WAL segments.",
                     lambda j: sum(s.bytes for s in j.wal.segments()))  # fmt: skip
+        yield gauge("ackwal_wal_first_seq", "Seq of the first retained record.",
+                    lambda j: j.wal.first_seq)  # fmt: skip
+        yield counter(
+            "ackwal_retention_deleted_segments_total",
+            "WAL segments deleted by retention since the start.",
+            lambda j: j.retention.deleted_segments,
+        )
+        yield gauge(
+            "ackwal_journal_full",
+            "1 while appends get journal_full (max_journal_bytes reached, nothing to delete).",
+            lambda j: 1 if j.full is not None else 0,
+        )
+        yield counter("ackwal_snapshots_written_total", "Snapshots stored since the start.",
+                      lambda j: j.snapshots.written)  # fmt: skip
+        yield gauge(
+            "ackwal_snapshot_anchor_seq",
+            "Anchor seq of the newest valid snapshot (-1: none).",
+            lambda j: -1 if j.snapshots.newest_anchor is None else j.snapshots.newest_anchor,
+        )
         yield gauge("ackwal_subscribers", "Open subscriptions.", lambda j: j.fanout.count)
         yield gauge(
             "ackwal_subscriber_lag_records",
             "Records the furthest-behind subscriber has yet to receive.",
             lambda j: max(j.fanout.lags(), default=0),
         )
+        cursor_lag = GaugeMetricFamily(
+            "ackwal_cursor_lag_records",
+            "Records between a durable follower cursor's committed seq and the last seq.",
+            labels=["journal", "cursor"],
+        )
+        for j in journals:
+            for name, seq in sorted(j.cursors.all().items()):
+                cursor_lag.add_metric([j.name, name], max(0, j.last_seq - seq))
+        yield cursor_lag
         yield gauge("ackwal_idempotency_entries", "Request ids in the idempotency index.",
                     lambda j: len(j.index))  # fmt: skip
         yield gauge(

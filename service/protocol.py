@@ -26,9 +26,12 @@ class ErrorCode:
     ENTRY_TOO_LARGE: Final = "entry_too_large"
     HALTED: Final = "halted"  # the journal failed stop after a disk error
     BUSY: Final = "busy"  # too many in-flight requests or connections
+    FORBIDDEN: Final = "forbidden"  # peer uid not in allowed_uids (closed)
     SHUTTING_DOWN: Final = "shutting_down"
     OUT_OF_RANGE: Final = "out_of_range"  # read below the first retained seq
     UNKNOWN_JOURNAL: Final = "unknown_journal"
+    READ_ONLY: Final = "read_only"  # a write (append, cursor move) to a read-only server
+    JOURNAL_FULL: Final = "journal_full"  # max_journal_bytes reached, retention freed nothing
     INTERNAL: Final = "internal"
 
 

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
 import socket
 import stat
+import struct
 from collections import Counter
 
 import structlog
 
 from service.connection import Connection
 from service.journal import Journal
-from service.settings import Settings
+from service.settings import Settings, parse_uids
 
 log = structlog.get_logger("ackwal.server")
 
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 SHUTDOWN_LINGER = 0.05  # seconds a connection must stay quiet before shutdown closes it
 
 
@@ -62,6 +65,7 @@ class Server:
         self._connections: set[Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self.socket_path = os.path.abspath(settings.socket_path)
+        self._allowed_uids = parse_uids(settings.allowed_uids)
 
     @property
     def connection_count(self) -> int:
@@ -82,11 +86,38 @@ class Server:
     async def start(self) -> None:
         prepare_socket_path(self.socket_path)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(
-            lambda: Connection(self), self.socket_path, backlog=1024
+        mode = int(self.settings.socket_mode, 8)
+        # The socket file gets its mode from the umask at bind time: narrow the umask so it is
+        # never, even briefly, more open than socket_mode; chmod then sets it exactly.
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            self._server = await loop.create_unix_server(
+                lambda: Connection(self), self.socket_path, backlog=1024
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, mode)
+        group = self.settings.socket_group.strip()
+        if group:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            os.chown(self.socket_path, -1, gid)
+        log.info(
+            "server.listening",
+            socket=self.socket_path,
+            mode=self.settings.socket_mode,
+            group=group or None,
+            allowed_uids=sorted(self._allowed_uids) or None,
         )
-        os.chmod(self.socket_path, int(self.settings.socket_mode, 8))
-        log.info("server.listening", socket=self.socket_path, mode=self.settings.socket_mode)
+
+    def refused_peer_uid(self, transport: asyncio.BaseTransport) -> int | None:
+        """None if the peer may talk to us, else its uid (checked with SO_PEERCRED): with
+        ``allowed_uids`` set, file permissions alone do not decide who may append."""
+        if not self._allowed_uids:
+            return None
+        sock = transport.get_extra_info("socket")
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        _pid, uid, _gid = _UCRED.unpack(creds)
+        return None if uid in self._allowed_uids else int(uid)
 
     async def stop_accepting(self) -> None:
         """Step one of shutdown: no new connections; every new request gets shutting_down."""

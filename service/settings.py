@@ -8,6 +8,7 @@ value came from (``ackwal config show``).
 from __future__ import annotations
 
 import dataclasses
+import grp
 import math
 import os
 import tomllib
@@ -60,6 +61,41 @@ def _octal_mode(value: Any) -> str | None:
     return None if 0 <= mode <= 0o777 else "an octal file mode from 0000 to 0777"
 
 
+def _group(value: Any) -> str | None:
+    text = str(value).strip()
+    if text == "" or text.isdigit():
+        return None
+    try:
+        grp.getgrnam(text)
+    except KeyError:
+        return "an existing group name, a numeric gid, or an empty string"
+    return None
+
+
+def parse_uids(value: str) -> frozenset[int]:
+    """The uids of an ``allowed_uids`` value ("1000, 1001"); empty: no restriction."""
+    return frozenset(int(part) for part in value.split(",") if part.strip())
+
+
+def _uid_list(value: Any) -> str | None:
+    try:
+        parse_uids(str(value))
+    except ValueError:
+        return "comma-separated integer uids, or an empty string to allow anyone"
+    return None
+
+
+def parse_type_list(value: str) -> frozenset[str]:
+    """The event types of a ``critical_event_types`` value ("OrderFilled, Trade")."""
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+def _type_list(value: Any) -> str | None:
+    if any(not part.strip() for part in str(value).split(",")) and str(value).strip():
+        return "comma-separated event type names (no empty items), or an empty string"
+    return None
+
+
 def _nonempty(value: Any) -> str | None:
     return None if str(value).strip() else "a non-empty path"
 
@@ -87,6 +123,21 @@ SPECS: Final[tuple[Spec, ...]] = (
         "socket_path", str, "./run/ackwal.sock", "Unix socket engines connect to.", check=_nonempty
     ),
     Spec("socket_mode", str, "0660", "File mode of the socket (octal).", check=_octal_mode),
+    Spec(
+        "socket_group",
+        str,
+        "",
+        "Group owning the socket (name or numeric gid); empty keeps the server's group.",
+        check=_group,
+    ),
+    Spec(
+        "allowed_uids",
+        str,
+        "",
+        "Comma-separated peer uids allowed to connect (SO_PEERCRED); empty allows anyone "
+        "who can open the socket.",
+        check=_uid_list,
+    ),
     Spec(
         "metrics_addr",
         str,
@@ -227,6 +278,83 @@ SPECS: Final[tuple[Spec, ...]] = (
         "max_record_size", int, 4 * MiB, "Largest encoded entry.", "bytes", _range(1024, 1024 * MiB)
     ),
     Spec("preallocate", bool, True, "Zero-fill segments ahead of time (faster fdatasync on ext4)."),
+    Spec(
+        "read_only",
+        bool,
+        False,
+        "Serve the journal for inspection and replay only: no appends, no cursor moves, "
+        "nothing written to the data directory, no lock taken (ackwal serve --read-only).",
+    ),
+    Spec(
+        "run_started_timeout",
+        float,
+        10.0,
+        "The start fails if this run's run_started record is not durable within this time.",
+        "seconds",
+        _range(0.1, 3600),
+    ),
+    Spec(
+        "event_persistence",
+        str,
+        "full",
+        "What an entry's events keep in the WAL: full (as sent), summary (type and key only) "
+        "or none; subscribers receive what was stored.",
+        check=_choice("full", "summary", "none"),
+    ),
+    Spec(
+        "critical_event_types",
+        str,
+        "",
+        "Comma-separated event types always stored in full, whatever event_persistence says.",
+        check=_type_list,
+    ),
+    Spec(
+        "snapshot_keep",
+        int,
+        3,
+        "Snapshots kept in DATA_DIR/snapshots (newest first); older ones are deleted.",
+        "snapshots",
+        _range(1, 1000),
+    ),
+    Spec(
+        "retention",
+        str,
+        "full",
+        "full (keep every segment), keep_last_segments (the newest retention_segments), or "
+        "snapshot_anchored (delete segments wholly below the newest snapshot's anchor).",
+        check=_choice("full", "keep_last_segments", "snapshot_anchored"),
+    ),
+    Spec(
+        "retention_segments",
+        int,
+        16,
+        "Segments kept by retention = keep_last_segments.",
+        "segments",
+        _range(1, 1_000_000),
+    ),
+    Spec(
+        "retention_interval",
+        float,
+        60.0,
+        "How often the retention task looks for segments to delete.",
+        "seconds",
+        _range(0.05, 86400),
+    ),
+    Spec(
+        "retention_ignore_cursors",
+        bool,
+        False,
+        "Let retention delete records a durable follower cursor has not committed yet.",
+    ),
+    Spec(
+        "max_journal_bytes",
+        int,
+        0,
+        "Bytes of WAL records above which appends get journal_full if retention cannot free "
+        "space (0: unlimited).",
+        "bytes",
+        _range(0, 1 << 60),
+    ),
 )
 SPEC_BY_KEY: Final = {s.key: s for s in SPECS}
 
@@ -236,6 +364,8 @@ class Settings:
     data_dir: str = "./data"
     socket_path: str = "./run/ackwal.sock"
     socket_mode: str = "0660"
+    socket_group: str = ""
+    allowed_uids: str = ""
     metrics_addr: str = "127.0.0.1:9464"
     log_format: str = "auto"
     log_level: str = "info"
@@ -256,6 +386,16 @@ class Settings:
     segment_size: int = 64 * MiB
     max_record_size: int = 4 * MiB
     preallocate: bool = True
+    read_only: bool = False
+    run_started_timeout: float = 10.0
+    event_persistence: str = "full"
+    critical_event_types: str = ""
+    snapshot_keep: int = 3
+    retention: str = "full"
+    retention_segments: int = 16
+    retention_interval: float = 60.0
+    retention_ignore_cursors: bool = False
+    max_journal_bytes: int = 0
     origin: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def replace(self, **changes: Any) -> Settings:

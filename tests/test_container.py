@@ -856,10 +856,11 @@ async def test_the_image_entrypoint_serves_answers_hello_and_readyz_and_stops_on
 
             conn = await RawConnection.open(sock, hello=False)
             hello = await conn.request({"op": "hello", "version": 1})
-            assert hello["protocol_version"] == 1 and hello["last_seq"] == 0, hello
+            # a fresh data directory: its only record is this run's RUN_STARTED (seq 1)
+            assert hello["protocol_version"] == 1 and hello["last_seq"] == 1, hello
             rid = new_rid()
             ack = await conn.request(append_message(rid, conn.next_id()))
-            assert ack["seq"] == 1 and ack["duplicate"] is False, ack
+            assert ack["seq"] == 2 and ack["duplicate"] is False, ack  # right after it
             await conn.close()
 
             assert await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/readyz") == 200

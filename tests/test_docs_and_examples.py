@@ -77,7 +77,7 @@ def test_quickstart_example_runs_against_a_real_server(server: str) -> None:
         timeout=60,
         check=True,
     ).stdout
-    assert "durable at seq 1" in out
+    assert "durable at seq 2" in out  # a fresh log: seq 1 is the run's RUN_STARTED record
     assert "retry answered with the original response" in out
 
 
@@ -89,8 +89,8 @@ def test_embedded_example_runs_in_process(tmp_path: Path) -> None:
         timeout=60,
         check=True,
     ).stdout
-    assert "durable at seq 1" in out
-    assert "1 NewOrder" in out
+    assert "durable at seq 2" in out  # a fresh log: seq 1 is the run's RUN_STARTED record
+    assert "2 NewOrder" in out  # subscribe(from_seq=1) yields entries only
 
 
 def test_shipped_config_documents_every_setting_with_its_default() -> None:

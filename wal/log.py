@@ -153,10 +153,52 @@ class Wal:
         return self._reader.iter_from(max(from_seq, 1), to_seq)
 
     def get(self, seq: int) -> Record | None:
-        """The record with ``seq``, or None if it is beyond the durable end."""
+        """The record with ``seq``, or None if it is beyond the durable end.
+
+        Below the first retained seq: ``SeqOutOfRangeError``.
+        """
         if seq < 1 or seq > self._last_seq:
             return None
         return next(iter(self._reader.iter_from(seq, seq)), None)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def detach_segments_before(self, seq: int) -> list[str]:
+        """Drop from the index every segment whose records all lie below ``seq``; return paths.
+
+        Never the last (active) segment. Only memory changes: call it where the reads run (the
+        service: on its event loop thread, where every read completes without yielding), then
+        :meth:`remove_segments` anywhere. A crash in between leaves the files, which is safe.
+        """
+        if self.readonly:
+            raise ReadOnlyError(f"wal: {self.directory} is open read-only")
+        segs = self._segments
+        n = 0
+        while n < len(segs) - 1 and segs[n].last_seq < seq:
+            n += 1
+        if n == 0:
+            return []
+        paths = [s.path for s in segs[:n]]
+        del segs[:n]  # in place: the writer thread appends new segments to this same list
+        for path in paths:
+            self._reader.forget(path)
+        return paths
+
+    def remove_segments(self, paths: Sequence[str]) -> None:
+        """Unlink detached segments, then fsync the directory so the deletion is durable."""
+        for path in paths:
+            self.fs.unlink(path)
+        if paths:
+            self.fs.fsync_dir(self.directory)
+
+    def delete_segments_before(self, seq: int) -> list[str]:
+        """Delete every whole segment below ``seq`` (never the active one); return their paths.
+
+        A read below the new :attr:`first_seq` then raises ``SeqOutOfRangeError``.
+        """
+        paths = self.detach_segments_before(seq)
+        self.remove_segments(paths)
+        return paths
 
     # -- lifecycle ----------------------------------------------------------------------------
 

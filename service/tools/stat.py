@@ -11,10 +11,12 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from service.entry import entry_request_id
+from service.runs import runs_of
 from service.settings import Settings
 from service.tools.common import (
     EXIT_OK,
@@ -37,10 +39,11 @@ from service.tools.common import (
 )
 from service.tools.dump import newest_entries
 from service.tools.progress import Progress, human_bytes, summary
-from wal import CorruptionError, RecordType, Wal
+from wal import CorruptionError, Record, RecordType, Wal
 from wal.scan import SegmentScan
 
 EXIT_CORRUPT: Final = 2
+RUNS_SHOWN: Final = 10  # newest runs in the text report (--json lists all)
 _DEFAULTS: Final = Settings()
 
 
@@ -51,8 +54,9 @@ def register(sub: SubParsers[ToolParser]) -> None:
         help="summarise a log: segments, seqs, bytes, times, idempotency window (read-only)",
         description="Summarise the log in DIR: its segments (name, seq range, bytes), seq "
         "range, bytes, the receive times of its first and last entries (UTC), the chain head, "
-        "and the idempotency window a server starting now would rebuild. Read-only and "
-        "lock-free: safe while a server runs.",
+        "the runs (each start of the service; a run that ended without a seal crashed, was "
+        "killed or failed stop), and the idempotency window a server starting now would "
+        "rebuild. Read-only and lock-free: safe while a server runs.",
         exits=f"""\
   {EXIT_OK}   done
   {EXIT_CORRUPT}   the log is corrupt and cannot be read (see `ackwal verify`)""",
@@ -196,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             window, last = idempotency_window(wal, args.window, args.max_entries, now_ms, progress)
             torn = wal.recovery.torn_tail
             records = wal.last_seq - wal.first_seq + 1 if segments else 0
+            runs = _runs_json(wal, holder, progress) if records else []
             doc: dict[str, Any] = {
                 "directory": directory,
                 "held_by_pid": holder,
@@ -215,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
                     "oldest_time": time_iso(window.oldest_recv_ms),
                     "newest_time": time_iso(window.newest_recv_ms),
                 },
+                "runs": runs,
                 "segments": segments,
                 "other_files": _other_files(directory, segments),
             }
@@ -227,6 +233,27 @@ def run(args: argparse.Namespace) -> int:
         f"{human_bytes(doc['valid_bytes'])}, read in {progress.elapsed:.2f}s"
     )
     return EXIT_OK
+
+
+def _runs_json(wal: Wal, holder: int | None, progress: Progress) -> list[dict[str, Any]]:
+    """Every run in the retained log; ``state`` is sealed, unsealed (it ended in a crash, a
+    kill or a fail-stop) or running (the newest run of a directory a server holds)."""
+    progress.relabel("reading runs", wal.last_seq - wal.first_seq + 1, "records")
+    found = runs_of(_counted(wal.read(wal.first_seq), progress))
+    out = []
+    for i, run in enumerate(found):
+        doc = run.to_json()
+        running = holder is not None and i == len(found) - 1 and not run.sealed
+        doc["state"] = "sealed" if run.sealed else "running" if running else "unsealed"
+        doc["started_time"] = time_iso(doc["started_ms"])
+        out.append(doc)
+    return out
+
+
+def _counted(records: Iterator[Record], progress: Progress) -> Iterator[Record]:
+    for rec in records:
+        progress.advance(1)
+        yield rec
 
 
 def _entry_json(entry: tuple[int, int] | None) -> dict[str, Any] | None:
@@ -267,6 +294,13 @@ def stat_text(doc: dict[str, Any], holder: int | None) -> list[str]:
         if idem[f"{end}_seq"] is not None:
             when = time_text(idem[f"{end}_recv_ms"])
             lines.append(f"             {end} seq {idem[f'{end}_seq']} at {when}")
+    runs = doc["runs"]
+    unsealed = sum(1 for r in runs if r["state"] == "unsealed")
+    lines.append(f"runs         {len(runs)}, {unsealed} ended without a seal")
+    for r in runs[-RUNS_SHOWN:]:
+        mark = {"sealed": "sealed", "running": "running", "unsealed": "UNSEALED"}[r["state"]]
+        seqs = f"{r['started_seq']}..{r['last_seq']}"
+        lines.append(f"  {mark:<8} seq {seqs:<21} {r['entries']:>9} entries  pid {r['pid'] or '-'}")
     lines.append("segments")
     lines.append(
         f"  {'NAME':<24} {'FIRST':>10} {'LAST':>10} {'RECORDS':>9} {'BYTES':>9} {'ON DISK':>9}"

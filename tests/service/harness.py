@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from service.app import Service
+from service.entry import StoredEntry, entry_from_wire
 from service.protocol import FrameDecoder, ProtocolError, encode_frame
 from service.settings import Settings
+from wal import RecordType
 from wal.fileio import OS_FILES, FileLayer
 from wal.format import SEGMENT_HEADER_SIZE, RecordView, check_record, parse_segment_name
 
@@ -133,6 +135,31 @@ class RawConnection:
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+async def read_log(socket_path: str) -> list[dict[str, Any]]:
+    """Every record in the log, of every type (entries, run markers...), via the ``read`` op."""
+    conn = await RawConnection.open(socket_path)
+    records: list[dict[str, Any]] = []
+    try:
+        while True:
+            from_seq = records[-1]["seq"] + 1 if records else 1
+            reply = await conn.request({"op": "read", "from_seq": from_seq, "limit": 10_000})
+            if not reply["records"]:
+                return records
+            records.extend(reply["records"])
+    finally:
+        await conn.close()
+
+
+def entries_of(records: list[dict[str, Any]]) -> list[StoredEntry]:
+    """The ENTRY records of :func:`read_log`'s result, decoded."""
+    return [entry_from_wire(r) for r in records if r["type"] == RecordType.ENTRY]
+
+
+def assert_gap_free(records: list[dict[str, Any]]) -> None:
+    """Seqs run 1, 2, 3... over every record of the log, entries or not."""
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
 
 
 def append_message(rid: bytes, request_id: int, **extra: Any) -> dict[str, Any]:

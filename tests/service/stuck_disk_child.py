@@ -1,15 +1,18 @@
-"""Child process of test_crash: the service on a disk whose first batch fdatasync never returns.
+"""Child process of test_crash: the service on a disk whose batch fdatasyncs never return.
 
     python -m tests.service.stuck_disk_child DATA_DIR SOCKET
 
 Runs :func:`service.app.run_service` (as ``ackwal serve`` does) over a
-:class:`wal.faultfs.FaultyFileLayer` whose hook blocks the first batch fdatasync for good, like
-a dying disk. With a small queue and ``halt_threshold``, the watchdog fails stop; the process
-must then exit with code 70 although the writer thread is still stuck in that fdatasync.
+:class:`wal.faultfs.FaultyFileLayer` whose hook blocks, for good, every fdatasync made once the
+socket is bound (start-up's own records are written before that), like a disk that dies.
+With a small queue and ``halt_threshold`` the watchdog fails stop, and a SIGTERM runs into
+``shutdown_timeout``: either way the process must exit with code 70 although the writer thread
+is still stuck in that fdatasync.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 
@@ -24,7 +27,7 @@ def main(data_dir: str, socket_path: str) -> int:
     never = threading.Event()
 
     def stuck(call: FsCall, phase: Phase) -> None:
-        if call.op == "fdatasync" and phase == "before":
+        if call.op == "fdatasync" and phase == "before" and os.path.exists(socket_path):
             never.wait()
 
     fs = FaultyFileLayer()

@@ -68,6 +68,7 @@ async def settle() -> None:
 
 async def test_every_field_is_stored_and_returned_exactly_as_sent(settings: Settings) -> None:
     journal = await open_journal(settings)
+    b = journal.last_seq  # the log may begin with service records (run markers)
     rid = uuid.uuid4()
     result = await journal.append(
         rid,
@@ -80,7 +81,7 @@ async def test_every_field_is_stored_and_returned_exactly_as_sent(settings: Sett
         post_digest=b"\x02" * 32,
         duration_us=42,
     )
-    assert result == AppendResult(1, False, None)
+    assert result == AppendResult(b + 1, False, None)
     looked_up = await journal.lookup(rid)
     [read_back] = journal.read(1)
     assert looked_up == read_back
@@ -105,9 +106,10 @@ async def test_concurrent_in_process_appends_get_gap_free_seqs_in_call_order(
     settings: Settings,
 ) -> None:
     journal = await open_journal(settings)
+    b = journal.last_seq
     rids = [new_rid() for _ in range(2000)]
     results = await asyncio.gather(*(append(journal, rid) for rid in rids))
-    assert [r.seq for r in results] == list(range(1, 2001))
+    assert [r.seq for r in results] == list(range(b + 1, b + 2001))
     assert [e.request_id for e in journal.read(1, 5000)] == rids
     await journal.close()
 
@@ -116,29 +118,30 @@ async def test_a_duplicate_in_flight_in_process_gets_the_same_seq_and_one_record
     settings: Settings,
 ) -> None:
     journal = await open_journal(settings)
+    b = journal.last_seq
     rid = new_rid()
     first, second = await asyncio.gather(
         append(journal, rid), journal.append(rid, "test.cmd", b"retry")
     )
-    assert first == AppendResult(1, False, None)
-    assert second == AppendResult(1, True, response_for(rid))
-    assert journal.last_seq == 1
+    assert first == AppendResult(b + 1, False, None)
+    assert second == AppendResult(b + 1, True, response_for(rid))
+    assert journal.last_seq == b + 1
     await journal.close()
 
 
 async def test_the_idempotency_index_is_rebuilt_from_the_wal_on_open(settings: Settings) -> None:
     journal = await open_journal(settings)
     rids = [new_rid() for _ in range(100)]
-    for rid in rids:
-        await append(journal, rid)
+    seqs = [(await append(journal, rid)).seq for rid in rids]
     await journal.close()
     journal = await open_journal(settings)
     assert len(journal.index) == 100
+    last = journal.last_seq
     again = await asyncio.gather(*(append(journal, rid) for rid in rids))
     assert [(r.seq, r.duplicate, r.response) for r in again] == [
-        (n, True, response_for(rid)) for n, rid in enumerate(rids, 1)
+        (n, True, response_for(rid)) for n, rid in zip(seqs, rids, strict=True)
     ]
-    assert journal.last_seq == 100
+    assert journal.last_seq == last  # nothing written
     await journal.close()
 
 
@@ -147,6 +150,7 @@ async def test_a_lookup_of_an_in_flight_entry_waits_until_it_is_durable(
 ) -> None:
     fs = FaultyFileLayer()
     journal = await open_journal(settings, fs)
+    b = journal.last_seq
     held = HeldSync()
     fs.hook = held
     rid = new_rid()
@@ -158,7 +162,7 @@ async def test_a_lookup_of_an_in_flight_entry_waits_until_it_is_durable(
     held.release.set()
     found = await looking
     assert found is not None
-    assert found.seq == (await appending).seq == 1
+    assert found.seq == (await appending).seq == b + 1
     await journal.close()
 
 
@@ -166,6 +170,7 @@ async def test_append_batch_in_process_answers_each_entry_with_duplicates_inside
     settings: Settings,
 ) -> None:
     journal = await open_journal(settings)
+    base, batches = journal.last_seq, journal.stats.batches
     a, b = uuid.uuid4(), new_rid()
 
     def item(rid: uuid.UUID | bytes) -> dict[str, Any]:
@@ -174,11 +179,11 @@ async def test_append_batch_in_process_answers_each_entry_with_duplicates_inside
 
     results = await journal.append_batch([item(a), item(b), item(a)])
     assert results == [
-        AppendResult(1, False, None),
-        AppendResult(2, False, None),
-        AppendResult(1, True, a.bytes),
+        AppendResult(base + 1, False, None),
+        AppendResult(base + 2, False, None),
+        AppendResult(base + 1, True, a.bytes),
     ]
-    assert journal.stats.batches == 1
+    assert journal.stats.batches == batches + 1
     await journal.close()
 
 
@@ -186,6 +191,7 @@ async def test_an_in_process_subscriber_sees_history_then_live_without_gap_or_du
     settings: Settings,
 ) -> None:
     journal = await open_journal(settings)
+    b = journal.last_seq
     history = [new_rid() for _ in range(500)]
     await asyncio.gather(*(append(journal, rid) for rid in history))
     live = [new_rid() for _ in range(1500)]
@@ -202,17 +208,18 @@ async def test_an_in_process_subscriber_sees_history_then_live_without_gap_or_du
         if len(seen) == 2000:
             break
     await task
-    assert [e.seq for e in seen] == list(range(1, 2001))
+    assert [e.seq for e in seen] == list(range(b + 1, b + 2001))
     assert [e.request_id for e in seen] == history + live
     await journal.close()
 
 
 async def test_appends_wait_while_the_queue_is_full_and_all_complete(settings: Settings) -> None:
     journal = await open_journal(settings.replace(queue_capacity=8, max_batch_entries=4))
+    b = journal.last_seq
     rids = [new_rid() for _ in range(400)]
     with capture_logs() as logs:
         results = await asyncio.gather(*(append(journal, rid) for rid in rids))
-    assert [r.seq for r in results] == list(range(1, 401))
+    assert [r.seq for r in results] == list(range(b + 1, b + 401))
     assert journal.stats.backpressure_events > 0
     assert [e["event"] for e in logs].count("journal.backpressure") >= 1
     await journal.close()
@@ -220,15 +227,16 @@ async def test_appends_wait_while_the_queue_is_full_and_all_complete(settings: S
 
 async def test_close_commits_what_is_queued_and_refuses_later_appends(settings: Settings) -> None:
     journal = await open_journal(settings)
+    b = journal.last_seq
     rids = [new_rid() for _ in range(300)]
     pending = [asyncio.create_task(append(journal, rid)) for rid in rids]
     await settle()
     await journal.close()
-    assert [t.result().seq for t in pending] == list(range(1, 301))
+    assert [t.result().seq for t in pending] == list(range(b + 1, b + 301))
     with pytest.raises(ShuttingDownError):
         await append(journal, new_rid())
     reopened = await open_journal(settings)
-    assert reopened.last_seq == 300
+    assert [e.request_id for e in reopened.read(1)] == rids
     await reopened.close()
 
 
@@ -241,8 +249,8 @@ async def test_a_failed_fdatasync_fails_every_pending_append_and_every_later_one
     fs = FaultyFileLayer()
     journal = await open_journal(settings, fs)
     committed = [new_rid() for _ in range(10)]
-    for rid in committed:
-        await append(journal, rid)
+    seqs = [(await append(journal, rid)).seq for rid in committed]
+    last = journal.last_seq
     held = HeldSync()
     fs.hook = held
     fs.fail_next("fdatasync", errno.EIO)
@@ -264,15 +272,15 @@ async def test_a_failed_fdatasync_fails_every_pending_append_and_every_later_one
     assert all(isinstance(o, HaltedError) for o in outcomes), outcomes  # never an ACK
     assert all(isinstance(o, HaltedError) for o in later), later
     # Reads and status keep working, and show only what was acknowledged.
-    assert journal.last_seq == 10
+    assert journal.last_seq == last
     assert [e.request_id for e in journal.read(1)] == committed
     found = await journal.lookup(committed[3])
     assert found is not None
-    assert found.seq == 4
+    assert found.seq == seqs[3]
     status = journal.status()
     assert status["halted"] is True
     assert "write failed" in status["halt_reason"]
-    assert status["last_seq"] == 10
+    assert status["last_seq"] == last
     assert status["queue_depth"] == 0
     halts = [e for e in logs if e["event"] == "journal.halted"]
     assert len(halts) == 1
@@ -299,12 +307,12 @@ async def test_a_failed_write_halts_the_journal_like_a_failed_fdatasync(
 ) -> None:
     fs = FaultyFileLayer()
     journal = await open_journal(settings, fs)
-    await append(journal, new_rid())
+    kept = await append(journal, new_rid())
     fs.fail_next("write", errno.ENOSPC)
     with pytest.raises(HaltedError, match="disk full"):
         await append(journal, new_rid())
     assert journal.status()["halted"] is True
-    assert journal.last_seq == 1
+    assert journal.last_seq == kept.seq
     await journal.close()
 
 
@@ -324,8 +332,7 @@ async def test_nothing_is_acknowledged_after_a_failed_fdatasync_even_if_the_byte
     # either way a retry with the same request id is answered once, with one record.
     reopened = await open_journal(settings)
     retry = await append(reopened, lost)
-    assert retry.seq == 1
-    assert [e.request_id for e in reopened.read(1)] == [lost]
+    assert [(e.seq, e.request_id) for e in reopened.read(1)] == [(retry.seq, lost)]
     await reopened.close()
 
 
@@ -335,7 +342,7 @@ async def test_a_slow_fdatasync_after_an_idle_period_does_not_halt_the_journal(
     fs = FaultyFileLayer()
     threshold = 0.4
     journal = await open_journal(settings.replace(halt_threshold=threshold, queue_capacity=4), fs)
-    await append(journal, new_rid())
+    b = (await append(journal, new_rid())).seq
     await asyncio.sleep(threshold * 2)  # idle: no batch for longer than the threshold
     held = HeldSync()
     fs.hook = held
@@ -345,7 +352,7 @@ async def test_a_slow_fdatasync_after_an_idle_period_does_not_halt_the_journal(
     await asyncio.sleep(threshold / 2)  # the write has been running for less than the threshold
     held.release.set()
     results = await asyncio.gather(first, *burst)
-    assert sorted(r.seq for r in results) == list(range(2, 13))
+    assert sorted(r.seq for r in results) == list(range(b + 1, b + 12))
     assert journal.halted is None
     await journal.close()
 
@@ -381,9 +388,9 @@ async def test_a_request_id_older_than_the_idempotency_window_counts_as_new(
     old = new_rid()
     await append(journal, old)
     await asyncio.sleep(0.5)
-    await append(journal, new_rid())  # a commit after the window evicts what fell out of it
+    later = await append(journal, new_rid())  # a commit after the window evicts what fell out
     again = await append(journal, old)
-    assert (again.seq, again.duplicate) == (3, False)
+    assert (again.seq, again.duplicate) == (later.seq + 1, False)
     await journal.close()
 
 
@@ -393,16 +400,16 @@ async def test_only_the_newest_max_entries_request_ids_are_remembered_across_a_r
     small = settings.replace(idempotency_max_entries=10)
     journal = await open_journal(small)
     rids = [new_rid() for _ in range(25)]
-    for rid in rids:
-        await append(journal, rid)
+    seqs = [(await append(journal, rid)).seq for rid in rids]
     assert len(journal.index) == 10
     await journal.close()
     journal = await open_journal(small)
     assert len(journal.index) == 10
+    last = journal.last_seq
     remembered = await asyncio.gather(*(append(journal, rid) for rid in rids[-10:]))
-    assert [(r.seq, r.duplicate) for r in remembered] == [(s, True) for s in range(16, 26)]
+    assert [(r.seq, r.duplicate) for r in remembered] == [(s, True) for s in seqs[-10:]]
     forgotten = await append(journal, rids[0])
-    assert (forgotten.seq, forgotten.duplicate) == (26, False)
+    assert (forgotten.seq, forgotten.duplicate) == (last + 1, False)
     await journal.close()
 
 
@@ -412,7 +419,7 @@ async def test_a_failed_read_while_checking_a_batch_for_duplicates_leaves_no_ent
     fs = FaultyFileLayer()
     journal = await open_journal(settings, fs)
     old, new = new_rid(), new_rid()
-    await append(journal, old)
+    first = await append(journal, old)
     fs.fail_next("read", errno.EIO)  # reading the stored response of the duplicate fails
     batch = [
         {"request_id": new, "command_type": "t", "command": b"n"},
@@ -422,5 +429,5 @@ async def test_a_failed_read_while_checking_a_batch_for_duplicates_leaves_no_ent
         await journal.append_batch(batch)
     # Nothing of the failed batch was queued, so nothing of it may wait in flight either.
     result = await asyncio.wait_for(append(journal, new), 5)
-    assert (result.seq, result.duplicate) == (2, False)
+    assert (result.seq, result.duplicate) == (first.seq + 1, False)
     await journal.close()

@@ -48,6 +48,7 @@ async def test_metrics_move_with_load_and_follow_prometheus_naming(tmp_path: Pat
             port = svc.metrics.port
             before = await asyncio.to_thread(scrape, port)
             assert value(before, "ackwal_appends_total", journal="main", result="ok") == 0
+            assert value(before, "ackwal_last_seq", journal="main") == 1  # the RUN_STARTED record
             assert (
                 value(
                     before,
@@ -70,7 +71,7 @@ async def test_metrics_move_with_load_and_follow_prometheus_naming(tmp_path: Pat
             assert value(after, "ackwal_appends_total", journal="main", result="duplicate") == 1
             assert value(after, "ackwal_appends_total", journal="main", result="bad_request") == 1
             assert value(after, "ackwal_request_errors_total", code="bad_request") == 1
-            assert value(after, "ackwal_last_seq", journal="main") == 500
+            assert value(after, "ackwal_last_seq", journal="main") == 1 + 500
             assert value(after, "ackwal_append_latency_seconds_count", journal="main") == 500
             assert value(after, "ackwal_queue_wait_seconds_count", journal="main") == 500
             batches = value(after, "ackwal_batches_total", journal="main")

@@ -46,7 +46,7 @@ ENTRY_2 = [
     b"\xbb" * 8,
     42,
 ]
-RECORDS = [{"seq": 1, "type": 1, "data": ENTRY_1}, {"seq": 2, "type": 1, "data": ENTRY_2}]
+RECORDS = [{"seq": 2, "type": 1, "data": ENTRY_1}, {"seq": 3, "type": 1, "data": ENTRY_2}]
 APPEND_1 = {
     "request_id": REQUEST_ID,
     "command_type": "new_order",
@@ -64,12 +64,12 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "max_inflight": 4096,
         "max_record_size": 4_194_304,
         "journals": ["main"],
-        "last_seq": 0,
+        "last_seq": 1,  # the run's RUN_STARTED record
     },
     "append_request": {"op": "append", "id": 2, **APPEND_1},
-    "append_reply": {"id": 2, "seq": 1, "duplicate": False},
+    "append_reply": {"id": 2, "seq": 2, "duplicate": False},
     "append_retry_request": {"op": "append", "id": 3, **APPEND_1},
-    "append_duplicate_reply": {"id": 3, "seq": 1, "duplicate": True, "response": b"ok"},
+    "append_duplicate_reply": {"id": 3, "seq": 2, "duplicate": True, "response": b"ok"},
     "append_full_request": {
         "op": "append",
         "id": 4,
@@ -83,7 +83,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "post_digest": b"\xbb" * 8,
         "duration_us": 42,
     },
-    "append_full_reply": {"id": 4, "seq": 2, "duplicate": False},
+    "append_full_reply": {"id": 4, "seq": 3, "duplicate": False},
     "append_bad_request_id_request": {
         "op": "append",
         "id": 5,
@@ -97,14 +97,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "message": "field 'request_id' must be 16 bytes (binary UUID), got 15 bytes",
         },
     },
-    "read_request": {"op": "read", "id": 6, "from_seq": 1, "limit": 2},
-    "read_reply": {"id": 6, "last_seq": 2, "records": RECORDS},
+    "read_request": {"op": "read", "id": 6, "from_seq": 2, "limit": 2},
+    "read_reply": {"id": 6, "last_seq": 3, "records": RECORDS},
     "lookup_request": {"op": "lookup", "id": 7, "request_id": REQUEST_ID},
     "lookup_reply": {"id": 7, "record": RECORDS[0]},
     "lookup_unknown_request": {"op": "lookup", "id": 8, "request_id": REQUEST_ID_4},
     "lookup_unknown_reply": {"id": 8, "record": None},
-    "subscribe_request": {"op": "subscribe", "id": 9, "from_seq": 1},
-    "subscribe_reply": {"id": 9, "subscribed": True, "from_seq": 1},
+    "subscribe_request": {"op": "subscribe", "id": 9, "from_seq": 2},
+    "subscribe_reply": {"id": 9, "subscribed": True, "from_seq": 2},
     "subscribe_push": {"id": 9, "records": RECORDS},
     "unsubscribe_request": {"op": "unsubscribe", "id": 10, "subscription": 9},
     "unsubscribe_reply": {"id": 10, "unsubscribed": 9},
@@ -118,7 +118,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
     "append_batch_reply": {
         "id": 11,
-        "results": [{"seq": 3, "duplicate": False}, {"seq": 4, "duplicate": False}],
+        "results": [{"seq": 4, "duplicate": False}, {"seq": 5, "duplicate": False}],
     },
     "subscription_ended": {
         "id": 9,
@@ -231,12 +231,12 @@ async def test_a_live_server_answers_the_golden_requests_with_the_golden_replies
         # the connection is closed.
         other = Wire(*await asyncio.open_unix_connection(path))
         other.writer.write(golden("hello_request") + b"\0\0\0\1\x90")
-        assert (await other.next() or {}).get("last_seq") == 4
+        assert (await other.next() or {}).get("last_seq") == 5
         assert encode_frame(await other.next() or {}) == golden("bad_frame_reply")
         assert await other.next() is None, "the connection must be closed after bad_frame"
 
         # A subscription still open at shutdown is ended with an error frame carrying its id.
-        wire.writer.write(encode_frame({"op": "subscribe", "id": 9, "from_seq": 5}))
-        assert await wire.next() == {"id": 9, "subscribed": True, "from_seq": 5}
+        wire.writer.write(encode_frame({"op": "subscribe", "id": 9, "from_seq": 6}))
+        assert await wire.next() == {"id": 9, "subscribed": True, "from_seq": 6}
     assert await wire.next() == EXPECTED["subscription_ended"]
     assert await wire.next() is None

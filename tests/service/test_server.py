@@ -28,9 +28,12 @@ from tests.service.harness import (
     RawConnection,
     ServerProcess,
     append_message,
+    assert_gap_free,
     batch_positions,
     command_for,
+    entries_of,
     new_rid,
+    read_log,
     response_for,
 )
 from wal import LockedError
@@ -41,11 +44,16 @@ def socket_of(service: Service) -> str:
     return service.settings.socket_path
 
 
-async def read_all(client: JournalClient) -> list[StoredEntry]:
-    out: list[StoredEntry] = []
-    while page := await client.read(len(out) + 1, 10_000):
-        out.extend(page)
-    return out
+def base_of(service: Service) -> int:
+    """The last seq before the test appends anything (the log holds run markers too)."""
+    return service.journals["main"].last_seq
+
+
+async def read_all(service: Service) -> list[StoredEntry]:
+    """Every entry, after checking seqs are gap-free over the whole log."""
+    records = await read_log(socket_of(service))
+    assert_gap_free(records)
+    return entries_of(records)
 
 
 async def append_one(client: JournalClient, rid: bytes) -> int:
@@ -63,6 +71,7 @@ async def test_sixty_four_pipelining_clients_get_unique_gap_free_seqs_that_read_
     per_client = 20
     async with running_service() as service:
         sock = socket_of(service)
+        base = base_of(service)
         clients = [await JournalClient.connect(sock, reconnect=False) for _ in range(64)]
         rids = [[new_rid() for _ in range(per_client)] for _ in clients]
 
@@ -77,13 +86,13 @@ async def test_sixty_four_pipelining_clients_get_unique_gap_free_seqs_that_read_
             for rid, seq in zip(mine, got, strict=True)
         }
         total = 64 * per_client
-        assert sorted(acked) == list(range(1, total + 1))
+        assert sorted(acked) == list(range(base + 1, base + total + 1))
         for got in seqs:
             assert got == sorted(got), "one connection's appends are committed in send order"
 
         reader = clients[0]
-        records = await read_all(reader)
-        assert [r.seq for r in records] == list(range(1, total + 1))
+        records = await read_all(service)
+        assert [r.seq for r in records] == sorted(acked)
         for rec in records:
             assert rec.request_id == acked[rec.seq]
             assert rec.command == command_for(rec.request_id)
@@ -104,12 +113,13 @@ async def test_a_sequential_duplicate_gets_the_original_seq_and_response_and_wri
 ) -> None:
     async with running_service() as service, JournalClient(socket_of(service)) as client:
         rid = new_rid()
+        n = base_of(service) + 1
         first = await client.append(rid, "test.cmd", command_for(rid), response=b"filled 10@99")
         again = await client.append(rid, "test.cmd", b"a different body", response=b"other")
-        assert (first.seq, first.duplicate, first.response) == (1, False, None)
-        assert (again.seq, again.duplicate, again.response) == (1, True, b"filled 10@99")
-        assert service.journals["main"].last_seq == 1
-        [stored] = await client.read(1)
+        assert (first.seq, first.duplicate, first.response) == (n, False, None)
+        assert (again.seq, again.duplicate, again.response) == (n, True, b"filled 10@99")
+        assert service.journals["main"].last_seq == n
+        [stored] = await client.read(n)
         assert stored.command == command_for(rid)  # the original is kept, the retry ignored
 
 
@@ -119,12 +129,13 @@ async def test_a_duplicate_sent_before_the_original_is_acked_gets_the_same_seq(
     async with running_service() as service:
         conn = await RawConnection.open(socket_of(service))
         rid = new_rid()
+        n = base_of(service) + 1
         # Both frames arrive in one read: the second is a duplicate of an in-flight entry.
         conn.send(append_message(rid, 1), append_message(rid, 2, command=b"retry body"))
         replies = {r["id"]: r for r in (await conn.recv(), await conn.recv())}
-        assert replies[1] == {"id": 1, "seq": 1, "duplicate": False}
-        assert replies[2] == {"id": 2, "seq": 1, "duplicate": True, "response": response_for(rid)}
-        assert service.journals["main"].last_seq == 1
+        assert replies[1] == {"id": 1, "seq": n, "duplicate": False}
+        assert replies[2] == {"id": 2, "seq": n, "duplicate": True, "response": response_for(rid)}
+        assert service.journals["main"].last_seq == n
         await conn.close()
 
 
@@ -144,21 +155,22 @@ async def test_a_duplicate_from_another_connection_during_the_fdatasync_waits_fo
         first = await RawConnection.open(socket_of(service))
         second = await RawConnection.open(socket_of(service))
         rid = new_rid()
+        n = base_of(service) + 1
         fs.hook = hold_fdatasync
         first.send(append_message(rid, 1))
         await asyncio.get_running_loop().run_in_executor(None, in_sync.wait, 10)
         second.send(append_message(rid, 7))
         status = await second.request({"op": "status"})  # the duplicate has been taken in
-        assert status["status"]["last_seq"] == 0
+        assert status["status"]["last_seq"] == n - 1
         release.set()
-        assert await first.recv() == {"id": 1, "seq": 1, "duplicate": False}
+        assert await first.recv() == {"id": 1, "seq": n, "duplicate": False}
         assert await second.recv() == {
             "id": 7,
-            "seq": 1,
+            "seq": n,
             "duplicate": True,
             "response": response_for(rid),
         }
-        assert service.journals["main"].last_seq == 1
+        assert service.journals["main"].last_seq == n
         await first.close()
         await second.close()
 
@@ -170,13 +182,14 @@ async def test_a_duplicate_after_a_restart_gets_the_original_seq_from_the_rebuil
     async with running_service() as service, JournalClient(socket_of(service)) as client:
         seqs = [await append_one(client, rid) for rid in rids]
     async with running_service() as service, JournalClient(socket_of(service)) as client:
+        before = base_of(service)
         again = await asyncio.gather(
             *(client.append(rid, "test.cmd", command_for(rid)) for rid in rids)
         )
         assert [(r.seq, r.duplicate, r.response) for r in again] == [
             (seq, True, response_for(rid)) for seq, rid in zip(seqs, rids, strict=True)
         ]
-        assert (await client.status())["last_seq"] == 50
+        assert (await client.status())["last_seq"] == before  # nothing written
 
 
 async def test_a_duplicate_and_a_lookup_of_a_large_entry_get_the_original(
@@ -185,9 +198,9 @@ async def test_a_duplicate_and_a_lookup_of_a_large_entry_get_the_original(
     async with running_service() as service, JournalClient(socket_of(service)) as client:
         rid = new_rid()
         big = command_for(rid, 100_000)
-        assert (await client.append(rid, "big", big, response=b"ok")).seq == 1
+        n = (await client.append(rid, "big", big, response=b"ok")).seq
         again = await client.append(rid, "big", big)
-        assert (again.seq, again.duplicate, again.response) == (1, True, b"ok")
+        assert (again.seq, again.duplicate, again.response) == (n, True, b"ok")
         found = await client.lookup(rid)
         assert found is not None
         assert found.command == big
@@ -234,13 +247,13 @@ async def test_append_batch_answers_each_entry_and_duplicates_inside_the_batch(
         old_seq = await append_one(client, old)
         results = await client.append_batch([entry(a), entry(b), entry(a), entry(old)])
         assert [(r.seq, r.duplicate, r.response) for r in results] == [
-            (2, False, None),
-            (3, False, None),
-            (2, True, response_for(a)),
+            (old_seq + 1, False, None),
+            (old_seq + 2, False, None),
+            (old_seq + 1, True, response_for(a)),
             (old_seq, True, response_for(old)),
         ]
-        assert service.journals["main"].last_seq == 3
-        assert [e.request_id for e in await client.read(1)] == [old, a, b]
+        assert service.journals["main"].last_seq == old_seq + 2
+        assert [e.request_id for e in await client.read(old_seq)] == [old, a, b]
 
 
 # -- subscriptions -----------------------------------------------------------------------------
@@ -260,6 +273,7 @@ async def test_a_subscriber_gets_history_then_live_with_no_gap_or_duplicate_duri
     total = len(history) + sum(map(len, live))
     async with running_service() as service:
         sock = socket_of(service)
+        base = base_of(service)
         await keep_appending(sock, history, burst=100)
         writers = asyncio.gather(*(keep_appending(sock, rids) for rids in live))
         async with JournalClient(sock) as client:
@@ -269,7 +283,7 @@ async def test_a_subscriber_gets_history_then_live_with_no_gap_or_duplicate_duri
                 if len(got) == total:
                     break
         await writers
-    assert [e.seq for e in got] == list(range(1, total + 1))
+    assert [e.seq for e in got] == list(range(base + 1, base + total + 1))
     assert {e.request_id for e in got} == set(history) | {r for rids in live for r in rids}
     assert all(e.command == command_for(e.request_id) for e in got)
 
@@ -281,6 +295,7 @@ async def test_a_slow_subscriber_holds_back_no_ack_and_still_gets_everything_in_
     big = 1500  # ~3.6 MB of records: more than the socket buffer plus the write high-water mark
     async with running_service() as service:
         sock = socket_of(service)
+        base = base_of(service)
         slow = await RawConnection.open(sock)
         slow.send({"op": "subscribe", "id": 5, "from_seq": 1})
         assert await slow.recv() == {"id": 5, "subscribed": True, "from_seq": 1}
@@ -307,24 +322,25 @@ async def test_a_slow_subscriber_holds_back_no_ack_and_still_gets_everything_in_
             assert len(stuck) == 1
             await follower
         slow_seen: list[int] = []
-        while len(slow_seen) < len(rids):
+        while len(slow_seen) < base + len(rids):
             frame = await slow.recv()
             assert frame["id"] == 5, frame
             slow_seen.extend(rec["seq"] for rec in frame["records"])
             await asyncio.sleep(0.001)  # and now it reads slowly
-        assert slow_seen == list(range(1, len(rids) + 1))
-        assert fast_seen == list(range(1, len(rids) + 1))
+        assert slow_seen == list(range(1, base + len(rids) + 1))  # raw: run markers too
+        assert fast_seen == list(range(base + 1, base + len(rids) + 1))
         await slow.close()
 
 
 async def test_after_unsubscribe_no_record_is_pushed(running_service: RunningService) -> None:
     async with running_service() as service, JournalClient(socket_of(service)) as writer:
         conn = await RawConnection.open(socket_of(service))
-        conn.send({"op": "subscribe", "id": 9, "from_seq": 1})
+        n = base_of(service) + 1
+        conn.send({"op": "subscribe", "id": 9, "from_seq": n})
         assert (await conn.recv())["subscribed"] is True
         await append_one(writer, new_rid())
         pushed = await conn.recv()
-        assert [r["seq"] for r in pushed["records"]] == [1]
+        assert [r["seq"] for r in pushed["records"]] == [n]
         reply = await conn.request({"op": "unsubscribe", "subscription": 9})
         assert reply["unsubscribed"] == 9
         assert service.journals["main"].fanout.count == 0
@@ -339,10 +355,9 @@ async def test_a_client_subscription_ends_with_an_unsubscribe_when_iteration_sto
     running_service: RunningService,
 ) -> None:
     async with running_service() as service, JournalClient(socket_of(service)) as client:
-        for _ in range(5):
-            await append_one(client, new_rid())
+        first = min([await append_one(client, new_rid()) for _ in range(5)])
         stream = client.subscribe(from_seq=1)
-        assert (await anext(stream)).seq == 1
+        assert (await anext(stream)).seq == first
         assert service.journals["main"].fanout.count == 1
         await stream.aclose()
         await client.status()  # the unsubscribe went out before this request
@@ -362,7 +377,7 @@ async def test_a_second_server_on_the_same_data_directory_fails_naming_the_lock_
         assert info.value.holder_pid == os.getpid()
         assert not os.path.exists(other.settings.socket_path)  # it failed before binding
         async with JournalClient(socket_of(service)) as client:  # the first one is unharmed
-            assert await append_one(client, new_rid()) == 1
+            assert await append_one(client, new_rid()) > 0
 
 
 async def test_a_second_server_process_exits_with_one_clear_line_naming_the_lock_holder(
@@ -386,7 +401,7 @@ async def test_a_stale_socket_file_is_removed_at_start(running_service: RunningS
     dead.close()
     assert stat.S_ISSOCK(os.lstat(sock).st_mode)
     async with running_service(), JournalClient(sock) as client:
-        assert await append_one(client, new_rid()) == 1
+        assert await append_one(client, new_rid()) > 0
 
 
 async def test_a_socket_a_live_server_answers_on_is_never_removed(
@@ -400,7 +415,7 @@ async def test_a_socket_a_live_server_answers_on_is_never_removed(
             await intruder.start()
         assert os.lstat(sock).st_ino == inode
         async with JournalClient(sock) as client:
-            assert await append_one(client, new_rid()) == 1
+            assert await append_one(client, new_rid()) > 0
 
 
 async def test_a_file_at_the_socket_path_that_is_not_a_socket_is_never_removed(
@@ -465,8 +480,9 @@ async def test_a_client_that_never_reads_is_cut_off_after_write_timeout_without_
             deaf.send(*({"op": "read", "id": n, "from_seq": 1, "limit": 40} for n in range(40)))
             while not any(c._write_paused for c in service.server._connections):
                 await asyncio.sleep(0.01)
+            base = base_of(service)
             acked = [await append_one(writer, new_rid()) for _ in range(50)]
-            assert acked == list(range(41, 91))
+            assert acked == list(range(base + 1, base + 51))
             # All of those ACKs came back while the deaf client was connected and stuck.
             assert service.server.connection_count == 2
             assert any(c._write_paused for c in service.server._connections)
@@ -548,6 +564,6 @@ async def test_a_graceful_stop_under_load_answers_every_request_and_loses_no_ack
     acked = {rid: o.seq for rid, o in outcomes.items() if isinstance(o, AppendResult)}
     for client in clients:
         await client.close()
-    async with running_service() as service, JournalClient(socket_of(service)) as client:
-        log = await read_all(client)
+    async with running_service() as service:
+        log = await read_all(service)
     assert {e.request_id: e.seq for e in log} == acked  # every ACK kept, nothing unanswered kept

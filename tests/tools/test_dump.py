@@ -24,7 +24,10 @@ async def test_dump_prints_every_entry_decoded_and_in_seq_order(tmp_path: Path) 
     res = run_cli("dump", str(tmp_path / "data"), "--json")
     assert res.code == 0, res.err
     docs = json_lines(res.out)
-    assert [d["seq"] for d in docs] == [r.seq for r in results]
+    started, *docs, sealed = docs  # the run's records enclose its entries
+    assert (started["seq"], started["type"]) == (1, "RUN_STARTED")
+    assert (sealed["seq"], sealed["type"]) == (42, "RUN_SEALED")
+    assert [d["seq"] for d in docs] == [r.seq for r in results] == list(range(2, 42))
     for i, doc in enumerate(docs):
         want = entry_fields(i)
         assert doc["type"] == "ENTRY"
@@ -38,17 +41,17 @@ async def test_dump_prints_every_entry_decoded_and_in_seq_order(tmp_path: Path) 
         assert [bytes.fromhex(e["data"]) for e in events] == [e["data"] for e in want["events"]]
         assert doc["ts_ms"] == want["ts_ms"]
         assert doc["duration_us"] == want["duration_us"]
-    assert "dump: 40 record(s) (seq 1..40)" in res.err
+    assert "dump: 42 record(s) (seq 1..42)" in res.err
 
 
 async def test_dump_from_and_to_select_an_inclusive_seq_range(tmp_path: Path) -> None:
-    await journal_log(tmp_path / "data", 30, batch=4)
+    await journal_log(tmp_path / "data", 30, batch=4)  # seqs 1 (run started) .. 32 (sealed)
     res = run_cli("dump", str(tmp_path / "data"), "--from", "7", "--to", "12", "--json")
     assert res.code == 0
     assert [d["seq"] for d in json_lines(res.out)] == list(range(7, 13))
-    text = run_cli("dump", str(tmp_path / "data"), "--from", "29")
-    assert [line.split()[1] for line in text.out.splitlines()] == ["29", "30"]
-    beyond = run_cli("dump", str(tmp_path / "data"), "--from", "31")
+    text = run_cli("dump", str(tmp_path / "data"), "--from", "30")
+    assert [line.split()[1] for line in text.out.splitlines()] == ["30", "31", "32"]
+    beyond = run_cli("dump", str(tmp_path / "data"), "--from", "33")
     assert beyond.code == 1
     assert "no record matched" in beyond.err
 
@@ -56,13 +59,13 @@ async def test_dump_from_and_to_select_an_inclusive_seq_range(tmp_path: Path) ->
 async def test_dump_last_shows_the_newest_commands_with_event_counts_and_types(
     tmp_path: Path,
 ) -> None:
-    await journal_log(tmp_path / "data", 25, batch=5)
+    await journal_log(tmp_path / "data", 25, batch=5)  # entries at seqs 2..26 (index = seq - 2)
     res = run_cli("dump", str(tmp_path / "data"), "--last", "4", "--json")
     assert res.code == 0
     docs = json_lines(res.out)
-    assert [d["seq"] for d in docs] == [22, 23, 24, 25]
+    assert [d["seq"] for d in docs] == [23, 24, 25, 26]  # the newest commands: no run record
     for doc in docs:
-        want = entry_fields(int(str(doc["seq"])) - 1)
+        want = entry_fields(int(str(doc["seq"])) - 2)
         assert doc["events"] == len(want["events"])
         assert doc["event_types"] == dict(Counter(e["type"] for e in want["events"]))
         assert doc["command_type"] == want["command_type"]
@@ -71,7 +74,7 @@ async def test_dump_last_shows_the_newest_commands_with_event_counts_and_types(
     assert lines[0].split()[:3] == ["SEQ", "UTC", "TIME"]
     assert [line.split()[0] for line in lines[1:]] == ["8", "9", "10"]
     assert all(len(line) <= 80 for line in lines)
-    assert lines[1].endswith("3  order.accepted, fill x2")  # seq 8 (index 7): three events
+    assert lines[2].endswith("3  order.accepted, fill x2")  # seq 9 (index 7): three events
 
 
 async def test_dump_request_id_prints_exactly_that_entry(tmp_path: Path) -> None:
@@ -79,7 +82,7 @@ async def test_dump_request_id_prints_exactly_that_entry(tmp_path: Path) -> None
     rid = uuid.UUID(bytes=entry_fields(13)["request_id"])
     res = run_cli("dump", str(tmp_path / "data"), "--request-id", str(rid), "--json")
     assert res.code == 0
-    assert [(d["seq"], d["request_id"]) for d in json_lines(res.out)] == [(14, str(rid))]
+    assert [(d["seq"], d["request_id"]) for d in json_lines(res.out)] == [(15, str(rid))]
     hex_form = run_cli("dump", str(tmp_path / "data"), "--request-id", rid.hex)
     assert hex_form.code == 0
     assert f"request {rid}" in hex_form.out

@@ -23,7 +23,8 @@ async def test_stat_reports_segments_seqs_bytes_and_chain_head_as_the_wal_sees_t
     doc = json.loads(res.out)
     with Wal.open(str(data), readonly=True) as wal:
         segments = wal.segments()
-        assert (doc["first_seq"], doc["last_seq"], doc["records"]) == (1, 400, 400)
+        # 400 entries between the run's RUN_STARTED (seq 1) and RUN_SEALED (seq 402) records
+        assert (doc["first_seq"], doc["last_seq"], doc["records"]) == (1, 402, 402)
         assert doc["chain_head"] == f"{wal.chain_head:#010x}"
     assert len(segments) > 2
     assert [s["name"] for s in doc["segments"]] == [os.path.basename(s.path) for s in segments]
@@ -71,9 +72,9 @@ async def test_stat_text_fits_in_80_columns(tmp_path: Path) -> None:
     assert res.code == 0
     lines = res.out.splitlines()
     assert all(len(line) <= 80 for line in lines if not line.startswith("log "))
-    assert lines[2] == "records      200 (seq 1..200)"
+    assert lines[2] == "records      202 (seq 1..202)"  # 200 entries and two run records
     assert any(line.startswith("idempotency  200 request ids in the 1d window") for line in lines)
-    assert "stat: 200 records" in res.err
+    assert "stat: 202 records" in res.err
 
 
 def test_stat_of_an_empty_directory_reports_an_empty_log(tmp_path: Path) -> None:

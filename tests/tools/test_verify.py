@@ -30,8 +30,8 @@ async def test_verify_exits_0_on_a_clean_log_and_reports_its_figures(tmp_path: P
     doc = json.loads(res.out)
     assert doc["status"] == "clean"
     assert doc["exit_code"] == 0
-    assert doc["records"] == 300
-    assert (doc["first_seq"], doc["last_seq"]) == (1, results[-1].seq)
+    assert doc["records"] == 300 + 2  # and the run's RUN_STARTED and RUN_SEALED records
+    assert (doc["first_seq"], doc["last_seq"]) == (1, results[-1].seq + 1)
     assert doc["segments"] > 1
     assert doc["problems"] == []
     assert doc["held_by_pid"] is None

@@ -81,7 +81,9 @@ def record(seq: int, entry: dict[str, Any]) -> bytes:
 
 def build_frames() -> dict[str, bytes]:
     """Every golden frame by file stem, in the order of a conversation with a fresh server."""
-    both = raw_array([record(1, ENTRY), record(2, FULL_ENTRY)])
+    # A fresh server's log starts with its run's RUN_STARTED record (seq 1, whose payload holds
+    # a time and a pid, so never part of a golden frame): the first entry gets seq 2.
+    both = raw_array([record(2, ENTRY), record(3, FULL_ENTRY)])
     return {
         "hello_request": encode_frame({"op": "hello", "id": 1, "version": 1}),
         "hello_reply": encode_frame(
@@ -93,17 +95,17 @@ def build_frames() -> dict[str, bytes]:
                 "max_inflight": 4096,
                 "max_record_size": MAX_PAYLOAD,
                 "journals": ["main"],
-                "last_seq": 0,
+                "last_seq": 1,
             }
         ),
         "append_request": encode_frame({"op": "append", "id": 2, **ENTRY}),
-        "append_reply": encode_frame({"id": 2, "seq": 1, "duplicate": False}),
+        "append_reply": encode_frame({"id": 2, "seq": 2, "duplicate": False}),
         "append_retry_request": encode_frame({"op": "append", "id": 3, **ENTRY}),
         "append_duplicate_reply": encode_frame(
-            {"id": 3, "seq": 1, "duplicate": True, "response": b"ok"}
+            {"id": 3, "seq": 2, "duplicate": True, "response": b"ok"}
         ),
         "append_full_request": encode_frame({"op": "append", "id": 4, **FULL_ENTRY}),
-        "append_full_reply": encode_frame({"id": 4, "seq": 2, "duplicate": False}),
+        "append_full_reply": encode_frame({"id": 4, "seq": 3, "duplicate": False}),
         "append_bad_request_id_request": encode_frame(
             {"op": "append", "id": 5, **ENTRY, "request_id": REQUEST_ID[:15]}
         ),
@@ -112,16 +114,16 @@ def build_frames() -> dict[str, bytes]:
             ErrorCode.BAD_REQUEST,
             "field 'request_id' must be 16 bytes (binary UUID), got 15 bytes",
         ),
-        "read_request": encode_frame({"op": "read", "id": 6, "from_seq": 1, "limit": 2}),
-        "read_reply": frame_with_raw({"id": 6, "last_seq": 2}, "records", both),
+        "read_request": encode_frame({"op": "read", "id": 6, "from_seq": 2, "limit": 2}),
+        "read_reply": frame_with_raw({"id": 6, "last_seq": 3}, "records", both),
         "lookup_request": encode_frame({"op": "lookup", "id": 7, "request_id": REQUEST_ID}),
-        "lookup_reply": frame_with_raw({"id": 7}, "record", record(1, ENTRY)),
+        "lookup_reply": frame_with_raw({"id": 7}, "record", record(2, ENTRY)),
         "lookup_unknown_request": encode_frame(
             {"op": "lookup", "id": 8, "request_id": REQUEST_ID_4}
         ),
         "lookup_unknown_reply": encode_frame({"id": 8, "record": None}),
-        "subscribe_request": encode_frame({"op": "subscribe", "id": 9, "from_seq": 1}),
-        "subscribe_reply": encode_frame({"id": 9, "subscribed": True, "from_seq": 1}),
+        "subscribe_request": encode_frame({"op": "subscribe", "id": 9, "from_seq": 2}),
+        "subscribe_reply": encode_frame({"id": 9, "subscribed": True, "from_seq": 2}),
         "subscribe_push": frame_with_raw({"id": 9}, "records", both),
         "unsubscribe_request": encode_frame({"op": "unsubscribe", "id": 10, "subscription": 9}),
         "unsubscribe_reply": encode_frame({"id": 10, "unsubscribed": 9}),
@@ -132,8 +134,8 @@ def build_frames() -> dict[str, bytes]:
             {
                 "id": 11,
                 "results": [
-                    {"seq": 3, "duplicate": False},
                     {"seq": 4, "duplicate": False},
+                    {"seq": 5, "duplicate": False},
                 ],
             }
         ),
