@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -486,22 +486,12 @@ class JournalClient:
         self._subs[sid] = sub
         try:
             await fut
-            while True:
-                item = await sub.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if self._reading_paused:
-                    self._throttle()
-                for record in item:
-                    if record["type"] == RecordType.ENTRY:
-                        yield entry_from_wire(record)
-        finally:
+        except BaseException:
             self._subs.pop(sid, None)
-            if self._protocol is not None and not self._closed:
-                with contextlib.suppress(AckwalError, ConnectionError):
-                    self._request({"op": "unsubscribe", "subscription": sid}).add_done_callback(
-                        _ignore_result
-                    )
+            raise
+        async with contextlib.aclosing(self._entries(sid)) as entries:
+            async for entry in entries:
+                yield entry
 
     # -- snapshots and recover ----------------------------------------------------------------
 
@@ -607,7 +597,7 @@ class JournalClient:
             snapshot, header["from_seq"], header["last_seq"], skipped, self._entries(rid)
         )
 
-    async def _entries(self, sid: int) -> AsyncIterator[StoredEntry]:
+    async def _entries(self, sid: int) -> AsyncGenerator[StoredEntry, None]:
         """The entries of subscription ``sid`` (a recover's); unsubscribes when abandoned."""
         try:
             while True:
