@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/ackwal.toml
 
-.PHONY: test lint typecheck pytest run bench clean
+.PHONY: test lint typecheck pytest torture soak run bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+# The torture suite at full size (500 crash cycles, every power-cut model, long fuzzing);
+# `make test` runs its short version.
+torture: $(STAMP)
+	ACKWAL_TORTURE=long $(BIN)/pytest -q -m torture tests/torture
+
+# Sustained load with snapshots, retention and a subscriber: RSS, descriptors and latency over
+# time as PNG + JSON in benchmarks/results/soak-*. SOAK_ARGS="--minutes 2" for a short run.
+soak: $(STAMP)
+	$(BIN)/python tests/torture/soak.py $(SOAK_ARGS)
 
 run: $(STAMP)
 	$(BIN)/ackwal serve --config $(CONFIG)

@@ -1,0 +1,40 @@
+"""Coverage-guided fuzzing (atheris) of what a client's bytes reach first, in-process.
+
+    python tests/torture/fuzz_atheris.py -atheris_runs=100000
+
+The bytes are fed to :class:`service.protocol.FrameDecoder` in two chunks; every decoded map is
+checked by :func:`service.entry.prepare_entry` as an append would be. Allowed outcomes: maps,
+one fatal ``ProtocolError`` last, ``ProtocolError`` from entry validation. Anything else raised
+is a crash atheris reports (with the input) and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from service.entry import APPEND_FIELDS, prepare_entry
+    from service.protocol import FrameDecoder, ProtocolError
+
+
+def one_input(data: bytes) -> None:
+    if not data:
+        return
+    cut = data[0] % (len(data) + 1)
+    decoder = FrameDecoder(64 * 1024)
+    items = decoder.feed(data[1:cut]) + decoder.feed(data[cut:])
+    for i, item in enumerate(items):
+        if isinstance(item, ProtocolError):
+            assert item.fatal and i == len(items) - 1, item
+            continue
+        assert isinstance(item, dict)
+        with contextlib.suppress(ProtocolError):
+            prepare_entry(item, 0, 64 * 1024, APPEND_FIELDS)
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()
