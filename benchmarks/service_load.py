@@ -15,6 +15,8 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import shutil
@@ -79,19 +81,75 @@ async def closed_loop(
     return acked, latencies, seconds
 
 
-async def socket_point(
-    socket_path: str, server_pid: int, n: int, seconds: float, warmup: float, batch: int = 0
-) -> dict[str, Any]:
+async def _client_share(
+    socket_path: str, n: int, seconds: float, warmup: float, batch: int
+) -> tuple[int, list[float], float]:
+    """n connections in a closed loop; (acked, latencies in ms, this process's CPU seconds)."""
     clients = [await JournalClient.connect(socket_path, reconnect=False) for _ in range(n)]
     try:
-        before = await clients[0].status()
-        srv0, cli0 = proc_cpu_seconds(server_pid), self_cpu_seconds()
-        acked, lat, elapsed = await closed_loop(clients, seconds, warmup, batch)
-        srv1, cli1 = proc_cpu_seconds(server_pid), self_cpu_seconds()
-        after = await clients[0].status()
+        cpu0 = self_cpu_seconds()
+        acked, lat, _ = await closed_loop(clients, seconds, warmup, batch)
+        return acked, lat, self_cpu_seconds() - cpu0
     finally:
         for c in clients:
             await c.close()
+
+
+def _client_process(
+    socket_path: str,
+    n: int,
+    seconds: float,
+    warmup: float,
+    batch: int,
+    out: multiprocessing.connection.Connection,
+) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    out.send(uvloop.run(_client_share(socket_path, n, seconds, warmup, batch)))
+    out.close()
+
+
+async def socket_point(
+    socket_path: str,
+    server_pid: int,
+    n: int,
+    seconds: float,
+    warmup: float,
+    batch: int = 0,
+    procs: int = 1,
+) -> dict[str, Any]:
+    """One load point; with ``procs`` > 1 the n clients are spread over that many processes
+    (engines are separate processes; one Python client process serialises every reply)."""
+    probe = await JournalClient.connect(socket_path, reconnect=False)
+    try:
+        before = await probe.status()
+        srv0 = proc_cpu_seconds(server_pid)
+        procs = max(1, min(procs, n))
+        if procs == 1:
+            acked, lat, client_cpu = await _client_share(socket_path, n, seconds, warmup, batch)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            pipes, workers = [], []
+            for i in range(procs):
+                share = n // procs + (1 if i < n % procs else 0)
+                recv, send = ctx.Pipe(duplex=False)
+                worker = ctx.Process(
+                    target=_client_process, args=(socket_path, share, seconds, warmup, batch, send)
+                )
+                worker.start()
+                pipes.append(recv)
+                workers.append(worker)
+            loop = asyncio.get_running_loop()
+            results = [await loop.run_in_executor(None, p.recv) for p in pipes]
+            for worker in workers:
+                worker.join(30)
+            acked = sum(r[0] for r in results)
+            lat = [x for r in results for x in r[1]]
+            client_cpu = sum(r[2] for r in results)
+        srv1 = proc_cpu_seconds(server_pid)
+        after = await probe.status()
+    finally:
+        await probe.close()
+    elapsed = seconds
     lat.sort()
     batches = after["batches"] - before["batches"]
     total = after["appended"] - before["appended"]
@@ -106,7 +164,8 @@ async def socket_point(
         "mean_batch": round(total / batches, 1) if batches else 0.0,
         "fdatasyncs_per_s": round(batches / wall),
         "server_cpu": round((srv1 - srv0) / wall, 2),
-        "client_cpu": round((cli1 - cli0) / wall, 2),
+        "client_cpu": round(client_cpu / wall, 2),
+        "client_procs": procs,
     }
 
 
@@ -159,12 +218,16 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         server = start_server(os.path.join(work, "data"), sock, args.sync_mode)
         try:
             for n in args.clients:
-                row = await socket_point(sock, server.pid, n, args.seconds, args.warmup)
+                row = await socket_point(
+                    sock, server.pid, n, args.seconds, args.warmup, procs=args.client_procs
+                )
                 row["mode"] = "socket append"
                 rows.append(row)
                 print(row, flush=True)
             if args.batch:
-                row = await socket_point(sock, server.pid, 64, args.seconds, args.warmup, 64)
+                row = await socket_point(
+                    sock, server.pid, 64, args.seconds, args.warmup, 64, args.client_procs
+                )
                 row["mode"] = "socket append_batch(64)"
                 rows.append(row)
                 print(row, flush=True)
@@ -189,6 +252,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--clients", default="1,8,64,256")
     parser.add_argument("--no-batch", dest="batch", action="store_false")
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=1,
+        help="spread the clients over this many processes (default 1, as compare.py does)",
+    )
     parser.add_argument("--no-embedded", dest="embedded", action="store_false")
     parser.add_argument("--sync-mode", default="fdatasync", choices=["fdatasync", "fsync", "none"])
     parser.add_argument("--quick", action="store_true", help="1 s points, 1 and 64 clients")
