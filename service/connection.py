@@ -18,6 +18,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+import msgpack
 import structlog
 
 from service import __version__
@@ -52,6 +53,7 @@ WRITE_HIGH_WATER = 1024 * 1024
 MESSAGES_PER_TURN = 512  # requests handled per loop turn per connection (fairness)
 MAX_READ_LIMIT = 10_000
 MAX_BATCH_ITEMS = 65_536
+_unpackb = msgpack.unpackb
 
 
 class BatchReply:
@@ -102,6 +104,7 @@ class LookupReply:
 class Connection(asyncio.Protocol, SubscriberSink):
     def __init__(self, server: Server) -> None:
         self.server = server
+        self._journals = server.journals
         settings = server.settings
         self.decoder = FrameDecoder(settings.max_frame_bytes)
         self.max_inflight = settings.max_inflight_per_connection
@@ -216,7 +219,12 @@ class Connection(asyncio.Protocol, SubscriberSink):
             try:
                 if isinstance(item, ProtocolError):
                     raise item
-                message = decode_body(item)
+                try:
+                    message = _unpackb(item, raw=False, strict_map_key=False)
+                except Exception:
+                    message = None
+                if type(message) is not dict:
+                    message = decode_body(item)  # raises bad_frame naming the problem
             except ProtocolError as exc:
                 self.server.count_error(exc.code)
                 self.answered(encode_error(None, exc.code, exc.message), count=False)
@@ -252,7 +260,10 @@ class Connection(asyncio.Protocol, SubscriberSink):
         op = message.get("op")
         try:
             if op == "append" and self.hello:
-                journal = self._journal(message)
+                name = message.get("journal", "main")
+                journal = self._journals.get(name) if type(name) is str else None
+                if journal is None:
+                    journal = self._journal(message)  # raises unknown_journal
                 entry = prepare_entry(
                     message, recv, self.max_record_size, APPEND_FIELDS, journal.event_policy
                 )

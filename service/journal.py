@@ -9,7 +9,6 @@ in-process callers), only after the batch's fdatasync returned and in seq order.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import time
 import uuid
@@ -40,6 +39,7 @@ from service.retention import Retention
 from service.runs import RunStartTimeoutError, last_run, run_sealed_payload, run_started_payload
 from service.settings import Settings, parse_type_list
 from service.snapshots import Recovery, Snapshot, SnapshotInfo, Snapshots
+from service.writer_thread import WriterThread
 from wal import Record, RecordType, Wal, WalError, WalOptions
 from wal.fileio import OS_FILES, FileLayer
 from wal.reader import SeqOutOfRangeError
@@ -142,9 +142,7 @@ class Journal:
         self._space.set()
         self._on_space: list[Callable[[], None]] = []
         self._on_halt: list[Callable[[str], None]] = []
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="ackwal-writer"
-        )
+        self._writer = WriterThread(asyncio.get_running_loop(), f"ackwal-writer-{name}")
         self._tasks: list[asyncio.Task[None]] = []
         self._last_backpressure_log = 0.0
         self._closed = asyncio.Event()
@@ -191,6 +189,7 @@ class Journal:
         except BaseException:
             if not journal.writer_stuck:
                 wal.close()
+            journal._writer.shutdown(wait=not journal.writer_stuck)
             raise
         journal._start()
         rec = wal.recovery
@@ -226,15 +225,13 @@ class Journal:
                     **fields,
                 )
         payload = run_started_payload(self.settings)
-        write = loop.run_in_executor(
-            self._executor, self.wal.append, [payload], RecordType.RUN_STARTED
-        )
+        write = self._writer.run(self.wal.append, [payload], RecordType.RUN_STARTED)
         timeout = self.settings.run_started_timeout
         try:
             seq = await asyncio.wait_for(write, timeout)
         except TimeoutError:
             self.writer_stuck = True  # the write may never return: never wait for it
-            self._executor.shutdown(wait=False)
+            self._writer.shutdown(wait=False)
             raise RunStartTimeoutError(
                 f"the run_started record was not durable within run_started_timeout="
                 f"{timeout}s: the disk under {self.wal.directory} does not complete writes; "
@@ -306,21 +303,18 @@ class Journal:
         if not self.writer_stuck and self.halted is None and self.run_started_seq:
             await self._seal_run()
         if self.writer_stuck:
-            self._executor.shutdown(wait=False)
+            self._writer.shutdown(wait=False)
         else:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.wal.close)
-            self._executor.shutdown(wait=True)
+            await self._writer.run(self.wal.close)
+            self._writer.shutdown(wait=True)
         self._closed.set()
         log.info("journal.closed", journal=self.name, last_seq=self.last_seq)
 
     async def _seal_run(self) -> None:
         """A clean stop: RUN_SEALED after everything this run committed."""
         payload = run_sealed_payload(self.run_started_seq, self.stats.appended)
-        loop = asyncio.get_running_loop()
         try:
-            seq = await loop.run_in_executor(
-                self._executor, self.wal.append, [payload], RecordType.RUN_SEALED
-            )
+            seq = await self._writer.run(self.wal.append, [payload], RecordType.RUN_SEALED)
         except WalError as exc:
             log.error("journal.run_seal_failed", journal=self.name, error=str(exc))
             return
@@ -498,7 +492,6 @@ class Journal:
         return batch
 
     async def _batch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         latency = self.settings.max_batch_latency
         while True:
             if not self._queue:
@@ -521,7 +514,7 @@ class Journal:
             started = time.perf_counter()
             self.metrics.queue_wait.observe_many([started - p.t for p in batch])
             try:
-                first = await loop.run_in_executor(self._executor, self.wal.append, payloads)
+                first = await self._writer.run(self.wal.append, payloads)
             except WalError as exc:
                 self._writing = []
                 self.halt(f"write failed: {exc}")

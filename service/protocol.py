@@ -119,6 +119,11 @@ class FrameDecoder:
         is a fatal error, the last item."""
         if self.failed is not None:
             return []
+        if not self._buf and len(data) > LENGTH_PREFIX:
+            # The common read holds exactly one whole frame: no loop, no carry-over.
+            length = int.from_bytes(data[:LENGTH_PREFIX], "big")
+            if length + LENGTH_PREFIX == len(data) and length <= self.max_frame_bytes:
+                return [data[LENGTH_PREFIX:]]
         buf: bytes | bytearray
         if self._buf:
             self._buf += data

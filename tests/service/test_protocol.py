@@ -20,6 +20,7 @@ from service.entry import (
     ENTRY_FIELDS,
     MAX_COMMAND_TYPE_LEN,
     PreparedEntry,
+    _validated_fields,
     decode_entry,
     entry_request_id,
     prepare_entry,
@@ -499,6 +500,27 @@ def test_prepare_entry_accepts_exactly_what_it_can_store_and_rejects_the_rest(
     message: dict[str, Any],
 ) -> None:
     check_prepare(over_the_wire(message))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entry_maps())
+def test_the_inline_fast_path_rejects_exactly_what_full_validation_rejects(
+    message: dict[str, Any],
+) -> None:
+    """prepare_entry checks the common case inline; the full validator names problems. Both
+    must agree on every map, and the error must be the full validator's."""
+    message = over_the_wire(message)
+    try:
+        _validated_fields(message, ENTRY_FIELDS)
+        expected = None
+    except ProtocolError as exc:
+        expected = exc.message
+    try:
+        prepare_entry(message, RECV_MS, 1 << 20, ENTRY_FIELDS)
+        got = None
+    except ProtocolError as exc:
+        got = exc.message
+    assert got == expected
 
 
 @settings(max_examples=300, deadline=None)
