@@ -41,6 +41,7 @@ from service.settings import Settings, parse_type_list
 from service.snapshots import Recovery, Snapshot, SnapshotInfo, Snapshots
 from service.writer_thread import WriterThread
 from wal import Record, RecordType, Wal, WalError, WalOptions
+from wal.crc import IMPLEMENTATION as CRC_IMPLEMENTATION
 from wal.fileio import OS_FILES, FileLayer
 from wal.reader import SeqOutOfRangeError
 
@@ -202,6 +203,7 @@ class Journal:
             index_entries=len(journal.index),
             recovery_seconds=round(rec.duration_seconds, 4),
             torn_bytes_dropped=rec.dropped_bytes,
+            crc=CRC_IMPLEMENTATION,
         )
         return journal
 

@@ -10,8 +10,10 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from wal.crc import crc32c
+from wal.crc import crc32c, crcmod_crc32c
 from wal.format import (
     DEFAULT_MAX_RECORD_SIZE,
     RECORD_HEADER,
@@ -311,3 +313,36 @@ def test_importing_the_crc_fails_when_crcmod_did_not_pick_up_its_extension() -> 
 def test_importing_the_crc_succeeds_with_the_extension() -> None:
     proc = _import_wal_crc("")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_without_the_crc32c_package_crcmod_computes_the_same_crcs() -> None:
+    proc = _import_wal_crc(
+        """
+        import sys
+        sys.modules["crc32c"] = None  # the optional accelerator is not installed
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    code = (
+        "import sys; sys.modules['crc32c'] = None\n"
+        "import wal.crc as c\n"
+        "assert c.crc32c is c.crcmod_crc32c, c.IMPLEMENTATION\n"
+        "print(c.IMPLEMENTATION, c.crc32c(b'123456789'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["crcmod", "(C", "extension)", str(0xE3069283)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=5000), st.integers(0, 5000), st.integers(0, 2**32 - 1))
+def test_the_crc_in_use_agrees_with_crcmod_on_any_bytes_slices_and_running_crcs(
+    data: bytes, cut: int, start: int
+) -> None:
+    cut = min(cut, len(data))
+    view = memoryview(data)
+    assert crc32c(data) == crcmod_crc32c(data)
+    assert crc32c(view[cut:]) == crcmod_crc32c(view[cut:])
+    assert crc32c(bytearray(data), start) == crcmod_crc32c(data, start)
+    assert crc32c(data[cut:], crc32c(data[:cut])) == crc32c(data)
