@@ -57,30 +57,37 @@ _unpackb = msgpack.unpackb
 
 
 class BatchReply:
-    """Collects the per-entry outcomes of one ``append_batch`` into a single reply."""
+    """Collects the per-entry outcomes of one ``append_batch`` into a single reply.
+
+    A fresh entry's outcome is kept as its bare seq (the common case, one per entry of a
+    large batch); the result maps are built once, when the last outcome is in.
+    """
 
     __slots__ = ("conn", "remaining", "request_id", "results")
 
     def __init__(self, conn: Connection, request_id: int, n: int) -> None:
         self.conn = conn
         self.request_id = request_id
-        self.results: list[dict[str, Any] | None] = [None] * n
+        self.results: list[int | dict[str, Any] | None] = [None] * n
         self.remaining = n
 
     def acked(self, token: Any, seq: int, duplicate: bool, response: bytes | None) -> None:
-        result: dict[str, Any] = {"seq": seq, "duplicate": duplicate}
-        if duplicate:
-            result["response"] = response
-        self._done(token, result)
-
-    def failed(self, token: Any, code: str, message: str) -> None:
-        self._done(token, {"error": {"code": code, "message": message}})
-
-    def _done(self, index: int, result: dict[str, Any]) -> None:
-        self.results[index] = result
+        self.results[token] = (
+            {"seq": seq, "duplicate": True, "response": response} if duplicate else seq
+        )
         self.remaining -= 1
         if self.remaining == 0:
-            self.conn.answered(encode_frame({"id": self.request_id, "results": self.results}))
+            self._reply()
+
+    def failed(self, token: Any, code: str, message: str) -> None:
+        self.results[token] = {"error": {"code": code, "message": message}}
+        self.remaining -= 1
+        if self.remaining == 0:
+            self._reply()
+
+    def _reply(self) -> None:
+        results = [{"seq": r, "duplicate": False} if type(r) is int else r for r in self.results]
+        self.conn.answered(encode_frame({"id": self.request_id, "results": results}))
 
 
 class LookupReply:

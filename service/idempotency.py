@@ -8,12 +8,13 @@ treated as new: the window must exceed the longest time a client may retry.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 
 class IdempotencyIndex:
     """Committed request ids in commit order; evicts the oldest by count and by age."""
 
-    __slots__ = ("_batches", "_order", "_seqs", "max_entries", "window_ms")
+    __slots__ = ("_batches", "_order", "_seqs", "lookup", "max_entries", "window_ms")
 
     def __init__(self, window_ms: int, max_entries: int) -> None:
         self.window_ms = window_ms
@@ -21,6 +22,9 @@ class IdempotencyIndex:
         self._seqs: dict[bytes, int] = {}
         self._order: deque[bytes] = deque()
         self._batches: deque[tuple[int, int]] = deque()  # (last seq of a batch, its recv_ms)
+        # The dict's own bound get: the append path looks up every request id, and a Python
+        # method around it would double the cost of the lookup.
+        self.lookup: Callable[[bytes], int | None] = self._seqs.get
 
     def __len__(self) -> int:
         return len(self._seqs)

@@ -391,13 +391,16 @@ class Journal:
             self._refuse(sink, token, ErrorCode.SHUTTING_DOWN, "the journal is shutting down")
             return
         rid = entry.request_id
-        if self._answer_duplicate(rid, sink, token):
+        inflight = self._inflight
+        if (rid in inflight or self.index.lookup(rid) is not None) and self._answer_duplicate(
+            rid, sink, token
+        ):
             return
         if self.full is not None:  # after the duplicate check: a retry of a stored entry is fine
             self._refuse(sink, token, ErrorCode.JOURNAL_FULL, self.full)
             return
         pending = Pending(entry, sink, token, time.perf_counter() if t is None else t)
-        self._inflight[rid] = pending
+        inflight[rid] = pending
         self._queue.append(pending)
         if not self._wake.is_set():
             self._wake.set()
@@ -416,12 +419,17 @@ class Journal:
                 self.submit(entry, sink, token, t)
             return
         fresh: list[Pending] = []
+        inflight = self._inflight
+        known = self.index.lookup
         try:
             for entry, (sink, token) in zip(entries, sinks, strict=True):
-                if self._answer_duplicate(entry.request_id, sink, token):
+                rid = entry.request_id
+                if (rid in inflight or known(rid) is not None) and self._answer_duplicate(
+                    rid, sink, token
+                ):
                     continue
                 pending = Pending(entry, sink, token, t)
-                self._inflight[entry.request_id] = pending
+                inflight[rid] = pending
                 fresh.append(pending)
         except BaseException:
             # Reading a duplicate's stored response failed: none of the group is queued, so
@@ -453,7 +461,7 @@ class Journal:
             pending.dups.append((sink, token))
             self.stats.duplicates += 1
             return True
-        seq = self.index.get(rid)
+        seq = self.index.lookup(rid)
         if seq is None:
             return False
         stored = self._stored_entry(seq)
@@ -542,10 +550,10 @@ class Journal:
         """Resolve a durable batch in seq order, feed subscribers, free the idempotency slots."""
         recv = now_ms()
         inflight = self._inflight
-        self.index.add_batch([p.entry.request_id for p in batch], first, recv)
+        rids = [p.entry.request_id for p in batch]
+        self.index.add_batch(rids, first, recv)
         seq = first
-        for p in batch:
-            rid = p.entry.request_id
+        for rid, p in zip(rids, batch, strict=True):
             del inflight[rid]
             p.sink.acked(p.token, seq, False, None)
             if p.dups is not None:
