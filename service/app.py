@@ -29,10 +29,12 @@ from wal.fileio import OS_FILES, FileLayer
 
 log = structlog.get_logger("ackwal")
 
-# When an fdatasync returns, the writer thread needs the GIL back to hand the batch to the
-# event loop; with CPython's default 5 ms switch interval a busy loop can keep it waiting
-# that long, which lands directly on every ACK of the batch. 0.5 ms bounds that wait.
-GIL_SWITCH_INTERVAL = 0.0005
+# The writer thread needs the GIL to start a batch (encode it), after its pwrite and after its
+# fdatasync, and to hand the result back; a busy event loop keeps it waiting up to the switch
+# interval each time, which lands directly on every ACK of the batch. CPython's default is
+# 5 ms; 0.1 ms measured best here (docs/PERFORMANCE.md: 64 clients, 0.1 vs 0.5 vs 5 ms
+# interleaved over three rounds).
+GIL_SWITCH_INTERVAL = 0.0001
 
 EXIT_OK = 0
 EXIT_HALTED = 70  # EX_SOFTWARE: a supervisor should restart us into recovery
