@@ -501,30 +501,39 @@ class Journal:
                 batch.append(pending)
         return batch
 
+    def _start_write(self) -> tuple[list[Pending], list[bytes], float, asyncio.Future[int]]:
+        """Take the next batch off the queue and hand it to the writer thread."""
+        batch = self._take_batch()
+        self._writing = batch
+        payloads = [p.entry.payload for p in batch]
+        self._signal_space()
+        self._write_started = time.monotonic()
+        started = time.perf_counter()
+        self.metrics.queue_wait.observe_many([started - p.t for p in batch])
+        return batch, payloads, started, self._writer.run(self.wal.append, payloads)
+
     async def _batch_loop(self) -> None:
         latency = self.settings.max_batch_latency
+        write: tuple[list[Pending], list[bytes], float, asyncio.Future[int]] | None = None
         while True:
-            if not self._queue:
-                if self.closing or self.halted is not None:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if (
-                latency > 0
-                and len(self._queue) < self.settings.max_batch_entries
-                and not self.closing
-            ):
-                await asyncio.sleep(latency)
-            batch = self._take_batch()
-            self._writing = batch
-            payloads = [p.entry.payload for p in batch]
-            self._signal_space()
-            self._write_started = time.monotonic()
-            started = time.perf_counter()
-            self.metrics.queue_wait.observe_many([started - p.t for p in batch])
+            if write is None:
+                if not self._queue:
+                    if self.closing or self.halted is not None:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                if (
+                    latency > 0
+                    and len(self._queue) < self.settings.max_batch_entries
+                    and not self.closing
+                ):
+                    await asyncio.sleep(latency)
+                write = self._start_write()
+            batch, payloads, started, done = write
+            write = None
             try:
-                first = await self._writer.run(self.wal.append, payloads)
+                first = await done
             except WalError as exc:
                 self._writing = []
                 self.halt(f"write failed: {exc}")
@@ -537,6 +546,10 @@ class Journal:
                 # waiters were already told "halted"; never ACK after a halt.
                 return
             synced = time.perf_counter()
+            if self._queue and latency == 0:
+                # Batch k is durable: the writer starts on k+1 (it releases the GIL in its
+                # pwrite and fdatasync) while this thread commits k and sends its replies.
+                write = self._start_write()
             self.stats.last_sync_seconds = synced - started
             nbytes = sum(map(len, payloads))
             metrics = self.metrics
