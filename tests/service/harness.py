@@ -32,6 +32,29 @@ from wal.format import SEGMENT_HEADER_SIZE, RecordView, check_record, parse_segm
 
 ROOT = Path(__file__).resolve().parents[2]
 ACKWAL = str(Path(sys.executable).with_name("ackwal"))
+KILL_TIMEOUT = 10.0  # seconds a SIGKILLed child may take to be reaped (D state on a busy disk)
+
+
+class StepTimeoutError(AssertionError):
+    """A test step did not finish in time: the failure names the step instead of a CI stall."""
+
+
+@contextlib.asynccontextmanager
+async def bounded(step: str, seconds: float) -> AsyncIterator[None]:
+    """Run the body within ``seconds``, else fail with :class:`StepTimeoutError` naming ``step``.
+
+    ``asyncio.timeout`` and not ``asyncio.wait_for``: on Python 3.11, ``wait_for`` swallows a
+    cancellation that arrives in the loop iteration where the awaited operation completes
+    (CPython gh-86296, fixed in 3.12), so a task cancelled in that instant runs on.
+    """
+    timeout = asyncio.timeout(seconds)
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if timeout.expired():
+            raise StepTimeoutError(f"{step}: not done within {seconds:g}s") from None
+        raise
 
 
 @contextlib.contextmanager
@@ -98,8 +121,11 @@ class RawConnection:
         self._next_id = 1000
 
     @classmethod
-    async def open(cls, socket_path: str, *, hello: bool = True) -> RawConnection:
-        reader, writer = await asyncio.open_unix_connection(socket_path)
+    async def open(
+        cls, socket_path: str, *, hello: bool = True, timeout: float = 10.0
+    ) -> RawConnection:
+        async with bounded(f"connecting to {socket_path}", timeout):
+            reader, writer = await asyncio.open_unix_connection(socket_path)
         conn = cls(reader, writer)
         if hello:
             reply = await conn.request({"op": "hello", "version": 1})
@@ -116,7 +142,10 @@ class RawConnection:
 
     async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
         while not self._ready:
-            data = await asyncio.wait_for(self.reader.read(1 << 20), timeout)
+            # Not asyncio.wait_for: on 3.11 it can swallow the cancellation of a task that
+            # loops on recv() (see bounded()), and that task then never ends.
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(1 << 20)
             if not data:
                 raise ConnectionError("server closed the connection")
             self._ready.extend(self.decoder.feed(data))
@@ -131,10 +160,11 @@ class RawConnection:
         assert reply["id"] == message["id"], reply
         return reply
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
         self.writer.close()
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()
+        with contextlib.suppress(Exception):  # TimeoutError included: closing is best effort
+            async with asyncio.timeout(timeout):
+                await self.writer.wait_closed()
 
 
 async def read_log(socket_path: str) -> list[dict[str, Any]]:
@@ -263,7 +293,22 @@ class ServerProcess:
         assert await self.wait() == -signal.SIGKILL
 
     def stop_quietly(self) -> None:
-        """Clean-up for a failed test: never leave a server behind."""
+        """Clean-up for a failed test: never leave a server behind, never wait forever."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+            reap(self.proc, "the server")
+
+
+def reap(proc: subprocess.Popen[bytes], what: str) -> None:
+    """Wait (bounded) for a child that was sent SIGKILL; a failure names it and its state."""
+    try:
+        proc.wait(KILL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                state = next((line.strip() for line in f if line.startswith("State:")), "")
+        except OSError:
+            state = "State: unknown"
+        raise StepTimeoutError(
+            f"{what} (pid {proc.pid}) still running {KILL_TIMEOUT:g}s after SIGKILL ({state})"
+        ) from None

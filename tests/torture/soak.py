@@ -146,7 +146,8 @@ async def snapshotter(sock: str, state: State, every: float) -> None:
     async with JournalClient(sock, reconnect=False) as client:
         while not state.stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.stop.wait(), every)
+                async with asyncio.timeout(every):  # not wait_for: see harness.bounded()
+                    await state.stop.wait()
             if state.stop.is_set() or state.last_acked == 0:
                 continue
             blob = os.urandom(256 * 1024)
@@ -225,7 +226,11 @@ async def soak(args: argparse.Namespace) -> int:
         state.stop.set()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            async with asyncio.timeout(30):
+                await asyncio.gather(*tasks, return_exceptions=True)
+        except TimeoutError:
+            raise RuntimeError("the load tasks did not stop within 30s") from None
     finally:
         state.stop.set()
         if server.poll() is None:
@@ -234,7 +239,7 @@ async def soak(args: argparse.Namespace) -> int:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
-                server.wait()
+                server.wait(10)  # TimeoutExpired names the stuck server rather than hanging
         log.close()
         shutil.rmtree(sock_dir, ignore_errors=True)
         if not args.keep_data:

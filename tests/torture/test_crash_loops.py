@@ -32,6 +32,7 @@ from service.entry import AppendResult, entry_from_wire
 from tests.service.harness import (
     RawConnection,
     ServerProcess,
+    bounded,
     command_for,
     new_rid,
     short_socket_path,
@@ -239,7 +240,8 @@ async def test_every_ack_survives_sigkill_loops_with_retries_and_subscribers(
         await asyncio.sleep(rng.uniform(0.05, 0.4))
         killed_under_load += not running.done()
         await server.kill9()
-        await running
+        async with bounded(f"cycle {n}: the clients ending after the kill (seed {seed})", 30):
+            await running
         previous = cycle
     assert worst_ready < READY_BOUND
     assert killed_under_load >= cycles * 3 // 4, "the kills did not land under load"

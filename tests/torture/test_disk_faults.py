@@ -25,6 +25,7 @@ from service.entry import decode_entry
 from service.errors import HaltedError, ShuttingDownError
 from tests.service.harness import (
     ServerProcess,
+    bounded,
     command_for,
     make_settings,
     new_rid,
@@ -74,7 +75,8 @@ def server(tmp_path: Path) -> Iterator[FaultyDiskServer]:
 async def append_until_refused(sock: str, limit: int = 400) -> tuple[dict[bytes, int], bytes]:
     """Append one at a time; return the ACKs and the request id that drew ``halted``."""
     acked: dict[bytes, int] = {}
-    async with JournalClient(sock, reconnect=False) as client:
+    step = bounded("appending until the fault halts the journal", 60)
+    async with step, JournalClient(sock, reconnect=False) as client:
         for _ in range(limit):
             rid = new_rid()
             try:
@@ -100,7 +102,8 @@ async def restart_and_check(
     """A healthy disk: every ACK at its seq, at most the refused request besides; retry it.
     Returns the number of entries recovered."""
     settings = make_settings(server.data_dir, server.socket_path, segment_size=64 * 1024)
-    async with serve(settings.replace(max_record_size=16 * 1024)) as service:
+    step = bounded("restarting on a healthy disk and checking the log", 60)
+    async with step, serve(settings.replace(max_record_size=16 * 1024)) as service:
         journal = service.journals["main"]
         records = journal.read_records(1, 100_000, 1 << 62)
         assert [r.seq for r in records] == list(range(1, len(records) + 1))
@@ -191,7 +194,8 @@ async def test_a_read_error_during_recovery_refuses_to_start_with_the_reason(
 
 async def append_some(sock: str, n: int) -> tuple[dict[bytes, int], None]:
     acked: dict[bytes, int] = {}
-    async with JournalClient(sock, reconnect=False) as client:
+    step = bounded(f"appending {n} entries", 60)
+    async with step, JournalClient(sock, reconnect=False) as client:
         for _ in range(n):
             rid = new_rid()
             acked[rid] = (await client.append(rid, "t", command_for(rid, COMMAND_SIZE))).seq

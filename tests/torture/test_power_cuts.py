@@ -30,7 +30,7 @@ from service.client import JournalClient
 from service.entry import decode_entry
 from service.errors import HaltedError, ShuttingDownError
 from service.settings import Settings
-from tests.service.harness import command_for, make_settings, short_socket_path
+from tests.service.harness import bounded, command_for, make_settings, short_socket_path
 from tests.torture.conftest import report, size
 from tests.wal.crashsim import LOSS_MODELS, BoundaryHook, BoundaryKey, cut_power
 from wal import RecordType, verify
@@ -190,9 +190,11 @@ async def cut_at(
     hook = BoundaryHook(fs, str(root), ops, cut_at=key, cut=lambda: cut_power(fs, model, seed))
     fs.hook = hook
     settings = settings_for(root, sock, preallocate)
-    out = await run_script(settings, fs, SCRIPT)
+    async with bounded(f"the scripted run with a power cut at {key}", 60):
+        out = await run_script(settings, fs, SCRIPT)
     fs.hook = None
-    n = await recover_and_check(settings, SCRIPT, out)
+    async with bounded(f"recovery after the power cut at {key}", 60):
+        n = await recover_and_check(settings, SCRIPT, out)
     return out, n, hook.fired
 
 

@@ -73,7 +73,8 @@ async def test_a_peer_whose_uid_is_not_allowed_gets_forbidden_and_is_closed(
     settings = make_settings(tmp_path / "data", sock, allowed_uids=f"{me + 1}, {me + 2}")
     async with serve(settings):
         reader, writer = await asyncio.open_unix_connection(sock)
-        data = await asyncio.wait_for(reader.read(), 5)  # the error, then end of stream
+        async with asyncio.timeout(5):
+            data = await reader.read()  # the error, then end of stream
         (reply,) = FrameDecoder().feed(data)
         assert isinstance(reply, dict)
         assert (reply["id"], reply["error"]["code"]) == (None, ErrorCode.FORBIDDEN)
