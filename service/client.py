@@ -271,8 +271,11 @@ class JournalClient:
         if protocol is not None and protocol.transport is not None:
             protocol.flush()
             protocol.transport.close()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the awaited future completes (CPython gh-86296).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(protocol.lost, 1.0)
+                async with asyncio.timeout(1.0):
+                    await protocol.lost
         self._fail_all(ClientClosedError("client closed"))
 
     # -- request plumbing ---------------------------------------------------------------------

@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("ackwal.fanout")
 
+# One catch-up step reads at most this much from the WAL on the event loop, and steps of all
+# subscriptions take turns, one per loop iteration (``Fanout._step``): 20 subscribers catching
+# up at once used to read 20 MiB in one iteration and hold every ACK for hundreds of ms.
 CATCH_UP_RECORDS = 512
-CATCH_UP_BYTES = 1024 * 1024
+CATCH_UP_BYTES = 256 * 1024
 
 
 class SubscriberSink:
@@ -70,6 +73,7 @@ class Fanout:
         self.journal = journal
         self._subs: set[Subscription] = set()
         self._live: list[Subscription] = []
+        self._step = asyncio.Lock()  # one catch-up read per loop iteration, in turn
 
     @property
     def count(self) -> int:
@@ -150,9 +154,12 @@ class Fanout:
                     sub.task = None
                     self._live.append(sub)
                     return
-                records = journal.read_records(sub.next_seq, CATCH_UP_RECORDS, CATCH_UP_BYTES)
-                sub.sink.push_records(sub.sub_id, records)
-                sub.next_seq = records[-1].seq + 1
+                async with self._step:
+                    if sub.closed or not sub.sink.can_push() or sub.next_seq > journal.last_seq:
+                        continue  # things changed while waiting for our turn: look again
+                    records = journal.read_records(sub.next_seq, CATCH_UP_RECORDS, CATCH_UP_BYTES)
+                    sub.sink.push_records(sub.sub_id, records)
+                    sub.next_seq = records[-1].seq + 1
                 await asyncio.sleep(0)
         except AckwalError as exc:
             self.unsubscribe(sub)

@@ -76,8 +76,12 @@ class Retention:
     async def _loop(self) -> None:
         interval = self.journal.settings.retention_interval
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
+            # stops this loop if it lands as the kick arrives (CPython gh-86296), and stop()
+            # would then wait for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._kick.wait()
             self._kick.clear()
             try:
                 await self.run_once()

@@ -150,6 +150,7 @@ class Server:
                 conn.transport.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):  # not wait_for: see Retention._loop
+                    await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
