@@ -66,10 +66,13 @@ class Service:
         return True, "ready"
 
     async def start(self) -> None:
-        journal = await Journal.open(self.settings, "main", fs=self.fs)
-        self.journals["main"] = journal
-        journal.on_halt(self._on_halt)
         try:
+            for name, directory in self.settings.journal_dirs().items():
+                journal = await Journal.open(
+                    self.settings.replace(data_dir=directory), name, fs=self.fs
+                )
+                self.journals[name] = journal
+                journal.on_halt(self._on_halt)
             if self.settings.metrics_addr:
                 host, _, port = self.settings.metrics_addr.rpartition(":")
                 self.metrics = MetricsEndpoint(self, host.strip("[]") or "0.0.0.0", int(port))
@@ -81,15 +84,18 @@ class Service:
             if self.metrics is not None:
                 self.metrics.stop()
                 self.metrics = None
-            await journal.close()
+            for journal in reversed(self.journals.values()):
+                await journal.close()
             raise
         self.ready.set()
+        main = self.journals["main"]
         log.info(
             "service.ready",
             version=__version__,
             socket=self.server.socket_path,
-            data_dir=journal.wal.directory,
-            last_seq=journal.last_seq,
+            data_dir=main.wal.directory,
+            last_seq=main.last_seq,
+            journals=list(self.journals),
             sync_mode=self.settings.sync_mode,
         )
 

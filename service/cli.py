@@ -56,7 +56,7 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SettingsError(f"--set expects KEY=VALUE, got {item!r}")
-        flags[key.strip().replace("-", "_")] = value
+        flags[key.strip().replace("-", "_").replace(".", "_")] = value
     return flags
 
 
