@@ -21,6 +21,7 @@ import uvloop
 from service import __version__
 from service.journal import Journal
 from service.metrics import MetricsEndpoint
+from service.replication.publisher import Publisher
 from service.runs import RunStartTimeoutError
 from service.server import Server, SocketInUseError
 from service.settings import Settings
@@ -53,6 +54,7 @@ class Service:
         self._signals = 0
         self.ready = asyncio.Event()
         self.metrics: MetricsEndpoint | None = None
+        self.publishers: list[Publisher] = []
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for /readyz: recovered, socket bound, not halted, not stopping."""
@@ -61,6 +63,9 @@ class Service:
         halted = [j.name for j in self.journals.values() if j.halted is not None]
         if halted:
             return False, f"halted: {', '.join(halted)}"
+        fenced = [j.name for j in self.journals.values() if getattr(j.replication, "fenced", None)]
+        if fenced:
+            return False, f"fenced (a newer primary exists): {', '.join(fenced)}"
         if self._stop.is_set():
             return False, "shutting down"
         return True, "ready"
@@ -73,6 +78,7 @@ class Service:
                 )
                 self.journals[name] = journal
                 journal.on_halt(self._on_halt)
+            await self._start_replication()
             if self.settings.metrics_addr:
                 host, _, port = self.settings.metrics_addr.rpartition(":")
                 self.metrics = MetricsEndpoint(self, host.strip("[]") or "0.0.0.0", int(port))
@@ -86,6 +92,7 @@ class Service:
                 self.metrics = None
             for journal in reversed(self.journals.values()):
                 await journal.close()
+            await self._stop_replication()
             raise
         self.ready.set()
         main = self.journals["main"]
@@ -98,6 +105,33 @@ class Service:
             journals=list(self.journals),
             sync_mode=self.settings.sync_mode,
         )
+
+    async def _start_replication(self) -> None:
+        """Attach a JetStream publisher to every journal (replication_mode async or sync).
+
+        In sync mode, wait until the stream holds everything the logs hold before serving:
+        entries committed before a crash but never acknowledged by JetStream would otherwise
+        be answered as duplicates (ACKed) without their JetStream copy.
+        """
+        if self.settings.replication_mode == "off" or self.settings.read_only:
+            return
+        for journal in self.journals.values():
+            publisher = Publisher(journal)
+            self.publishers.append(publisher)
+            await publisher.start()
+        if self.settings.replication_mode == "sync":
+            for publisher in self.publishers:
+                log.info("replication.catching_up", journal=publisher.journal.name)
+                caught_up = asyncio.ensure_future(publisher.wait_caught_up())
+                stop = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait([caught_up, stop], return_when=asyncio.FIRST_COMPLETED)
+                caught_up.cancel()
+                stop.cancel()
+
+    async def _stop_replication(self) -> None:
+        for publisher in self.publishers:
+            await publisher.close(self.settings.shutdown_timeout)
+        self.publishers = []
 
     def request_stop(self, exit_code: int = EXIT_OK) -> None:
         if exit_code and not self.exit_code:
@@ -140,6 +174,7 @@ class Service:
                 journal.halt(f"shutdown timed out after {timeout}s: the writer is stuck")
                 journal.writer_stuck = True
                 self.exit_code = self.exit_code or EXIT_HALTED
+        await self._stop_replication()  # after the journals: the run's seal is published too
         if self.server is not None:
             await self.server.close_connections(timeout=min(timeout, 5.0))
         if self.metrics is not None:
