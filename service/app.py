@@ -21,6 +21,7 @@ import uvloop
 from service import __version__
 from service.journal import Journal
 from service.metrics import MetricsEndpoint
+from service.replication.follower import Follower
 from service.replication.publisher import Publisher
 from service.runs import RunStartTimeoutError
 from service.server import Server, SocketInUseError
@@ -44,8 +45,11 @@ EXIT_START_REFUSED = 1  # could not start: the log line says why
 class Service:
     """The whole service for one settings object; ``run()`` returns the process exit code."""
 
-    def __init__(self, settings: Settings, *, fs: FileLayer = OS_FILES) -> None:
+    def __init__(
+        self, settings: Settings, *, fs: FileLayer = OS_FILES, standby: bool = False
+    ) -> None:
         self.settings = settings
+        self.standby = standby  # ackwal follow: journals copied from JetStream, read-only
         self.fs = fs
         self.journals: dict[str, Journal] = {}
         self.server: Server | None = None
@@ -55,6 +59,7 @@ class Service:
         self.ready = asyncio.Event()
         self.metrics: MetricsEndpoint | None = None
         self.publishers: list[Publisher] = []
+        self.followers: list[Follower] = []
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for /readyz: recovered, socket bound, not halted, not stopping."""
@@ -66,6 +71,9 @@ class Service:
         fenced = [j.name for j in self.journals.values() if getattr(j.replication, "fenced", None)]
         if fenced:
             return False, f"fenced (a newer primary exists): {', '.join(fenced)}"
+        diverged = [f.journal.name for f in self.followers if f.diverged is not None]
+        if diverged:
+            return False, f"standby diverged from the stream: {', '.join(diverged)}"
         if self._stop.is_set():
             return False, "shutting down"
         return True, "ready"
@@ -74,7 +82,10 @@ class Service:
         try:
             for name, directory in self.settings.journal_dirs().items():
                 journal = await Journal.open(
-                    self.settings.replace(data_dir=directory), name, fs=self.fs
+                    self.settings.replace(data_dir=directory),
+                    name,
+                    fs=self.fs,
+                    standby=self.standby,
                 )
                 self.journals[name] = journal
                 journal.on_halt(self._on_halt)
@@ -90,6 +101,7 @@ class Service:
             if self.metrics is not None:
                 self.metrics.stop()
                 self.metrics = None
+            await self._stop_followers()
             for journal in reversed(self.journals.values()):
                 await journal.close()
             await self._stop_replication()
@@ -113,6 +125,12 @@ class Service:
         entries committed before a crash but never acknowledged by JetStream would otherwise
         be answered as duplicates (ACKed) without their JetStream copy.
         """
+        if self.standby:
+            for journal in self.journals.values():
+                follower = Follower(journal)
+                self.followers.append(follower)
+                await follower.start()
+            return
         if self.settings.replication_mode == "off" or self.settings.read_only:
             return
         for journal in self.journals.values():
@@ -127,6 +145,11 @@ class Service:
                 await asyncio.wait([caught_up, stop], return_when=asyncio.FIRST_COMPLETED)
                 caught_up.cancel()
                 stop.cancel()
+
+    async def _stop_followers(self) -> None:
+        for follower in self.followers:
+            await follower.close()
+        self.followers = []
 
     async def _stop_replication(self) -> None:
         for publisher in self.publishers:
@@ -164,6 +187,7 @@ class Service:
         timeout = self.settings.shutdown_timeout
         if self.server is not None:
             await self.server.stop_accepting()
+        await self._stop_followers()  # before the journals: they write into the WALs
         for journal in self.journals.values():
             try:
                 await asyncio.wait_for(journal.close(), timeout)
@@ -193,9 +217,9 @@ class Service:
         return self.exit_code
 
 
-def run_service(settings: Settings, *, fs: FileLayer = OS_FILES) -> int:
+def run_service(settings: Settings, *, fs: FileLayer = OS_FILES, standby: bool = False) -> int:
     """Run on uvloop until stopped; returns the exit code (``fs``: see :class:`Service`)."""
-    service = Service(settings, fs=fs)
+    service = Service(settings, fs=fs, standby=standby)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         code = uvloop.run(service.run())

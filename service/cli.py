@@ -67,6 +67,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_service(settings)
 
 
+def cmd_follow(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, flags=_flags(args))
+    configure_logging(settings.log_format, settings.log_level)
+    print(
+        f"ackwal {__version__}: standby following {settings.replication_nats_url}, "
+        f"serving reads on {settings.socket_path}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return run_service(settings, standby=True)
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, flags=_flags(args))
     rows = settings.effective()
@@ -106,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
         "appends (error read_only), nothing written, no lock: may run beside a writer",
     )
     serve.set_defaults(func=cmd_serve)
+
+    follow = sub.add_parser(
+        "follow",
+        help="run a standby: copy every journal from NATS JetStream, serve reads",
+        description="Run a standby (docs/REPLICATION.md): every configured journal is copied "
+        "record for record from its JetStream stream (replication_nats_url, "
+        "replication_stream_prefix) through the durable consumer replication_consumer into "
+        "the journal's data directory, checking seq continuity and the CRC chain; reads, "
+        "lookups and subscriptions are served read-only on the socket; appends get read_only. "
+        "On a divergence the standby stops following, names the first seq that differs, keeps "
+        "serving reads and reports not ready. Exit codes as for serve.",
+    )
+    _add_setting_flags(follow)
+    follow.set_defaults(func=cmd_follow)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
