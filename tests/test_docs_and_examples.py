@@ -113,7 +113,13 @@ def test_ci_runs_make_test() -> None:
 
 
 def test_every_command_has_help() -> None:
-    for args in (["--help"], ["serve", "--help"], ["config", "show", "--help"]):
+    for args in (
+        ["--help"],
+        ["serve", "--help"],
+        ["follow", "--help"],
+        ["promote", "--help"],
+        ["config", "show", "--help"],
+    ):
         out = subprocess.run([ACKWAL, *args], capture_output=True, text=True, check=True)
         assert "usage: ackwal" in out.stdout
 

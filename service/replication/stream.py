@@ -15,9 +15,6 @@ docs/FORMAT.md), so a standby can check and store it unchanged. Headers:
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import nats
 import structlog
@@ -64,7 +61,9 @@ async def connect(settings: Settings, name: str) -> Client:
         log.debug("replication.nats_error", error=str(exc))
 
     servers = [u.strip() for u in settings.replication_nats_url.split(",") if u.strip()]
-    nc: Client = await nats.connect(
+    # nats-py keeps trying the first connect for ever with unlimited reconnects: bound it, the
+    # callers retry (publisher, follower) or give up with a message (promote).
+    connecting = nats.connect(
         servers=servers,
         name=name,
         connect_timeout=2,
@@ -74,6 +73,12 @@ async def connect(settings: Settings, name: str) -> Client:
         error_cb=quiet,
         pending_size=64 * 1024 * 1024,
     )
+    try:
+        nc: Client = await asyncio.wait_for(connecting, 5.0)
+    except TimeoutError:
+        raise ConnectionError(
+            f"no NATS server answered at {settings.replication_nats_url}"
+        ) from None
     return nc
 
 
@@ -128,21 +133,3 @@ async def stream_tail(js: JetStreamContext, settings: Settings, journal: str) ->
         header_int(msg.headers, HDR_EPOCH),
         msg.data,
     )
-
-
-async def retrying(
-    what: str, attempt: Callable[[], Awaitable[Any]], interval: float, stop: Callable[[], bool]
-) -> Any:
-    """Run ``attempt`` until it succeeds or ``stop()``; log failures at most every 5 s."""
-    last_log = 0.0
-    while True:
-        try:
-            return await attempt()
-        except Exception as exc:
-            if stop():
-                raise
-            now = time.monotonic()
-            if now - last_log >= 5.0:
-                last_log = now
-                log.warning("replication.retrying", what=what, error=str(exc) or repr(exc))
-            await asyncio.sleep(interval)
