@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ackwal.replication")
 
 MAX_CHUNK_BYTES = 8 * 1024 * 1024
+ACK_TIMEOUT = 2.0  # seconds to wait for a window's JetStream acks before re-syncing
 
 
 class Publisher:
@@ -235,8 +236,8 @@ class Publisher:
                     self._js = self._nc.jetstream(
                         publish_async_max_pending=self.settings.replication_publish_window
                     )
-                    await ensure_stream(self._js, self.settings, self.journal.name)
                 if not self._synced:
+                    await ensure_stream(self._js, self.settings, self.journal.name)
                     await self._resync()
                 if self.fenced is not None:
                     return
@@ -348,7 +349,10 @@ class Publisher:
                     HDR_EPOCH: epoch,
                 }
                 futs.append(await js.publish_async(self.subject, data, headers=headers))
-            deadline = loop.time() + max(self.settings.replication_sync_timeout, 1.0)
+            # Acks lost with a connection or a stream leader (failover) never come: give up on
+            # them early enough to find the stream's real end and re-publish within the sync
+            # timeout (Nats-Msg-Id and the expected last sequence make that safe).
+            deadline = loop.time() + min(ACK_TIMEOUT, self.settings.replication_sync_timeout / 2)
             for i, fut in enumerate(futs):
                 ack = await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
                 if ack.duplicate:  # stored before (an ack we missed): find the real end again
