@@ -91,6 +91,16 @@ class Publisher:
         self._note(self.journal.wal.last_seq)
         self.journal.replication = self
         self.journal.replicate = self.after_batch
+        # Retention never deletes a record JetStream does not hold yet (the floor composes with
+        # the durable cursors' one; retention_ignore_cursors lifts both).
+        cursor_floor = self.journal.retention.floor_seq
+
+        def floor() -> int | None:
+            cursors = cursor_floor()
+            unpublished = self.published_seq + 1
+            return unpublished if cursors is None else min(cursors, unpublished)
+
+        self.journal.retention.floor_seq = floor
         self._task = asyncio.create_task(self._run(), name=f"publisher-{self.journal.name}")
         log.info(
             "replication.publisher_started",
@@ -112,6 +122,8 @@ class Publisher:
         self._wake.set()
         task = self._task
         if task is not None:
+            if not self.connected:  # NATS is down: do not hold the shutdown for it
+                timeout = min(timeout, 2 * self.settings.replication_retry_interval)
             done, _ = await asyncio.wait([task], timeout=timeout)
             if not done:
                 task.cancel()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from service.app import Service
 from service.journal import Journal
+from service.replication.stream import HDR_EPOCH, HDR_EXPECTED_LAST_SEQ, HDR_MSG_ID, HDR_SEQ
 from service.settings import Settings
-from tests.service.harness import make_settings
+from tests.service.harness import RawConnection, make_settings
 from wal import Wal
 
 
@@ -75,3 +79,44 @@ async def wait_until(predicate: Any, timeout: float = 30.0, what: str = "conditi
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def serve_standby(settings: Settings) -> AsyncIterator[Service]:
+    """An in-process standby (``ackwal follow``) on the running loop."""
+    service = Service(settings, standby=True)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.shutdown()
+
+
+async def status_of(sock: str) -> dict[str, Any]:
+    conn = await RawConnection.open(sock)
+    try:
+        reply = await conn.request({"op": "status"})
+        status: dict[str, Any] = reply["status"]
+        return status
+    finally:
+        await conn.close()
+
+
+async def publish_raw(url: str, seq: int, data: bytes, epoch: int = 1) -> None:
+    """Publish a record into the main journal's stream the way a (rogue) primary would."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info("ackwal_main")
+        await js.publish(
+            "ackwal.main",
+            data,
+            headers={
+                HDR_MSG_ID: f"main:{epoch}:{seq}:forged",
+                HDR_EXPECTED_LAST_SEQ: str(info.state.last_seq),
+                HDR_SEQ: str(seq),
+                HDR_EPOCH: str(epoch),
+            },
+        )
+    finally:
+        await nc.close()

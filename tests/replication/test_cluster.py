@@ -7,9 +7,14 @@ from pathlib import Path
 
 import nats
 
-from tests.replication.helpers import append_n, raw_log, repl_settings, wait_until
+from tests.replication.helpers import (
+    append_n,
+    raw_log,
+    repl_settings,
+    serve_standby,
+    wait_until,
+)
 from tests.replication.natsserver import NatsServer, free_port
-from tests.replication.test_follower import serve_standby
 from tests.service.harness import serve, short_socket_path
 
 

@@ -14,13 +14,14 @@ from service.replication.stream import HDR_EPOCH, HDR_SEQ
 from tests.replication.helpers import (
     append_n,
     chain_of,
+    publish_raw,
     raw_log,
     repl_settings,
+    serve_standby,
     stream_messages,
     wait_until,
 )
 from tests.replication.natsserver import NatsServer
-from tests.replication.test_follower import publish_raw, serve_standby
 from tests.service.harness import ACKWAL, RawConnection, serve, short_socket_path
 from tests.service.test_metrics import scrape, value
 from wal.format import encode_records

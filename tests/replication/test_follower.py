@@ -8,11 +8,16 @@ import signal
 import time
 from pathlib import Path
 
-import nats
-
-from service.app import Service
-from service.replication.stream import HDR_EPOCH, HDR_EXPECTED_LAST_SEQ, HDR_MSG_ID, HDR_SEQ
-from tests.replication.helpers import append_n, chain_of, raw_log, repl_settings, wait_until
+from tests.replication.helpers import (
+    append_n,
+    chain_of,
+    publish_raw,
+    raw_log,
+    repl_settings,
+    serve_standby,
+    status_of,
+    wait_until,
+)
 from tests.replication.natsserver import NatsServer
 from tests.service.harness import RawConnection, ServerProcess, serve, short_socket_path
 from wal.format import encode_records
@@ -49,35 +54,6 @@ async def test_after_many_appends_the_standby_holds_the_same_chain_head(
             elapsed = time.monotonic() - started
         print(f"{total} appends replicated in {elapsed:.1f}s")
         assert raw_log(tmp_path / "s") == raw_log(tmp_path / "p")[: chain_of(tmp_path / "s")[0]]
-
-
-def serve_standby(settings: object) -> object:
-    return _StandbyCtx(settings)
-
-
-class _StandbyCtx:
-    def __init__(self, settings: object) -> None:
-        self.settings = settings
-        self.svc: Service | None = None
-
-    async def __aenter__(self) -> Service:
-        self.svc = Service(self.settings, standby=True)  # type: ignore[arg-type]
-        await self.svc.start()
-        return self.svc
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.svc is not None
-        await self.svc.shutdown()
-
-
-async def status_of(sock: str) -> dict[str, object]:
-    conn = await RawConnection.open(sock)
-    try:
-        reply = await conn.request({"op": "status"})
-        status: dict[str, object] = reply["status"]
-        return status
-    finally:
-        await conn.close()
 
 
 class FollowProcess(ServerProcess):
@@ -156,23 +132,3 @@ async def test_an_injected_divergence_is_caught_at_its_seq_and_nothing_of_it_is_
             await wait_until(lambda: follower.diverged is not None, 30, "the divergence again")
             assert follower.diverged_seq == last + 1
         assert chain_of(tmp_path / "s") == (last, head)
-
-
-async def publish_raw(url: str, seq: int, data: bytes, epoch: int = 1) -> None:
-    """Publish a record into the main journal's stream the way a (rogue) primary would."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info("ackwal_main")
-        await js.publish(
-            "ackwal.main",
-            data,
-            headers={
-                HDR_MSG_ID: f"main:{epoch}:{seq}:forged",
-                HDR_EXPECTED_LAST_SEQ: str(info.state.last_seq),
-                HDR_SEQ: str(seq),
-                HDR_EPOCH: str(epoch),
-            },
-        )
-    finally:
-        await nc.close()
