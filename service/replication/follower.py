@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from service.entry import entry_request_id
 from service.replication.epoch import FIRST_EPOCH, current_epoch, epoch_of_record, write_epoch_file
 from service.replication.stream import (
     HDR_EPOCH,
@@ -310,6 +311,12 @@ class Follower:
             first = await loop.run_in_executor(self._writer, journal.wal.append_raw, batch)
             self.applied += len(batch)
             journal.last_seq = journal.wal.last_seq
+            # lookups on the standby (and its promotion) know the entries as they arrive
+            index = journal.index
+            for i, record in enumerate(batch):
+                if record[24] == RecordType.ENTRY:
+                    rid, recv_ms = entry_request_id(record[RECORD_HEADER_SIZE:])
+                    index.add(rid, first + i, recv_ms)
             # live subscribers: one push per run of records of one type
             start = 0
             for i in range(1, len(batch) + 1):

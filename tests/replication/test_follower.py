@@ -45,6 +45,10 @@ async def test_after_many_appends_the_standby_holds_the_same_chain_head(
                 conn = await RawConnection.open(ssock)
                 read = await conn.request({"op": "read", "from_seq": 2, "limit": 3})
                 assert [r["seq"] for r in read["records"]] == [2, 3, 4]
+                # lookups know entries that arrived after the standby started
+                newest = pj.read(pj.wal.last_seq - 1)[-1]
+                found = await conn.request({"op": "lookup", "request_id": newest.request_id})
+                assert found["record"]["seq"] == newest.seq
                 refused = await conn.request(
                     {"op": "append", "request_id": os.urandom(16), "command_type": "t",
                      "command": b"x"}
