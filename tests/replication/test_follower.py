@@ -136,3 +136,27 @@ async def test_an_injected_divergence_is_caught_at_its_seq_and_nothing_of_it_is_
             await wait_until(lambda: follower.diverged is not None, 30, "the divergence again")
             assert follower.diverged_seq == last + 1
         assert chain_of(tmp_path / "s") == (last, head)
+
+
+async def test_a_standby_follows_every_journal_of_the_service(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    with short_socket_path() as psock, short_socket_path() as ssock:
+        primary = repl_settings(
+            tmp_path / "p",
+            psock,
+            nats_server.url,
+            replication_mode="async",
+            journals={"orders": str(tmp_path / "p-orders")},
+        )
+        standby = repl_settings(
+            tmp_path / "s", ssock, nats_server.url, journals={"orders": str(tmp_path / "s-orders")}
+        )
+        async with serve(primary) as psvc, serve_standby(standby) as ssvc:
+            await append_n(psvc.journals["main"], 300, batch=30)
+            await append_n(psvc.journals["orders"], 700, batch=70)
+            for name in ("main", "orders"):
+                pj, sj = psvc.journals[name], ssvc.journals[name]
+                await wait_until(lambda: sj.wal.last_seq == pj.wal.last_seq, 30, name)  # noqa: B023
+                assert sj.wal.chain_head == pj.wal.chain_head
+            assert [f.subject for f in ssvc.followers] == ["ackwal.main", "ackwal.orders"]

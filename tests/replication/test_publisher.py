@@ -123,6 +123,10 @@ async def test_sync_appends_wait_through_a_short_outage_and_fail_stop_after_the_
             with pytest.raises(HaltedError):
                 await append_n(journal, 1)
         await asyncio.to_thread(nats_server.start)
+        # before ackwal runs again: every entry it ACKed is in JetStream already
+        msgs = await stream_messages(nats_server.url, "ackwal_main", "ackwal.main")
+        assert set(acked) <= {int(m.headers[HDR_SEQ]) for m in msgs}
+        assert chain_of(tmp_path / "d")[0] > max(acked)  # the halted batch is only local
         # the restart publishes the unacknowledged tail before it accepts appends
         async with serve(settings) as svc:
             assert svc.publishers[0].lag_records == 0
