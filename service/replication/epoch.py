@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 
-from wal import RecordType, Wal
+from wal import RecordType, Wal, WalError
 from wal.crc import crc32c
 from wal.fileio import OS_FILES, FileLayer
 
@@ -26,8 +26,9 @@ _MAGIC = b"ACKWALEP"
 FIRST_EPOCH = 1
 
 
-class EpochFileError(ValueError):
-    """``epoch.acke`` is damaged: the start is refused rather than guessing the epoch."""
+class EpochFileError(WalError):
+    """``epoch.acke`` is damaged: the start is refused, as for a corrupt log (a WalError, so
+    ``ackwal serve`` says so in one line), rather than guessing the epoch."""
 
 
 def epoch_payload(epoch: int, previous_last_seq: int) -> bytes:
