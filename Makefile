@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/wal_append.py
 	$(BIN)/python benchmarks/service_load.py
 	$(BIN)/python benchmarks/compare.py $(COMPARE_ARGS)
+	$(BIN)/python benchmarks/replication.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 COMMAND = os.urandom(256)
@@ -146,7 +147,12 @@ def filesystem_of(path: str) -> dict[str, str]:
 
 
 def start_server(
-    data_dir: str, socket_path: str, sync_mode: str, timeout: float = 30
+    data_dir: str,
+    socket_path: str,
+    sync_mode: str,
+    timeout: float = 30,
+    extra: Sequence[str] = (),
+    command: str = "serve",
 ) -> subprocess.Popen[bytes]:
     """Start ``ackwal serve`` in its own process group; return once the socket exists.
 
@@ -158,7 +164,7 @@ def start_server(
         proc = subprocess.Popen(
             [
                 exe,
-                "serve",
+                command,
                 "--data-dir",
                 data_dir,
                 "--socket",
@@ -171,6 +177,7 @@ def start_server(
                 "",
                 "--sync-mode",
                 sync_mode,
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=log_file,

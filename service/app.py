@@ -21,6 +21,8 @@ import uvloop
 from service import __version__
 from service.journal import Journal
 from service.metrics import MetricsEndpoint
+from service.replication.follower import Follower
+from service.replication.publisher import Publisher
 from service.runs import RunStartTimeoutError
 from service.server import Server, SocketInUseError
 from service.settings import Settings
@@ -45,8 +47,11 @@ EXIT_START_REFUSED = 1  # could not start: the log line says why
 class Service:
     """The whole service for one settings object; ``run()`` returns the process exit code."""
 
-    def __init__(self, settings: Settings, *, fs: FileLayer = OS_FILES) -> None:
+    def __init__(
+        self, settings: Settings, *, fs: FileLayer = OS_FILES, standby: bool = False
+    ) -> None:
         self.settings = settings
+        self.standby = standby  # ackwal follow: journals copied from JetStream, read-only
         self.fs = fs
         self.journals: dict[str, Journal] = {}
         self.server: Server | None = None
@@ -55,6 +60,8 @@ class Service:
         self._signals = 0
         self.ready = asyncio.Event()
         self.metrics: MetricsEndpoint | None = None
+        self.publishers: list[Publisher] = []
+        self.followers: list[Follower] = []
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for /readyz: recovered, socket bound, not halted, not stopping."""
@@ -63,15 +70,28 @@ class Service:
         halted = [j.name for j in self.journals.values() if j.halted is not None]
         if halted:
             return False, f"halted: {', '.join(halted)}"
+        fenced = [j.name for j in self.journals.values() if getattr(j.replication, "fenced", None)]
+        if fenced:
+            return False, f"fenced (a newer primary exists): {', '.join(fenced)}"
+        diverged = [f.journal.name for f in self.followers if f.diverged is not None]
+        if diverged:
+            return False, f"standby diverged from the stream: {', '.join(diverged)}"
         if self._stop.is_set():
             return False, "shutting down"
         return True, "ready"
 
     async def start(self) -> None:
-        journal = await Journal.open(self.settings, "main", fs=self.fs)
-        self.journals["main"] = journal
-        journal.on_halt(self._on_halt)
         try:
+            for name, directory in self.settings.journal_dirs().items():
+                journal = await Journal.open(
+                    self.settings.replace(data_dir=directory),
+                    name,
+                    fs=self.fs,
+                    standby=self.standby,
+                )
+                self.journals[name] = journal
+                journal.on_halt(self._on_halt)
+            await self._start_replication()
             if self.settings.metrics_addr:
                 host, _, port = self.settings.metrics_addr.rpartition(":")
                 self.metrics = MetricsEndpoint(self, host.strip("[]") or "0.0.0.0", int(port))
@@ -83,17 +103,60 @@ class Service:
             if self.metrics is not None:
                 self.metrics.stop()
                 self.metrics = None
-            await journal.close()
+            await self._stop_followers()
+            for journal in reversed(self.journals.values()):
+                await journal.close()
+            await self._stop_replication()
             raise
         self.ready.set()
+        main = self.journals["main"]
         log.info(
             "service.ready",
             version=__version__,
             socket=self.server.socket_path,
-            data_dir=journal.wal.directory,
-            last_seq=journal.last_seq,
+            data_dir=main.wal.directory,
+            last_seq=main.last_seq,
+            journals=list(self.journals),
             sync_mode=self.settings.sync_mode,
         )
+
+    async def _start_replication(self) -> None:
+        """Attach a JetStream publisher to every journal (replication_mode async or sync).
+
+        In sync mode, wait until the stream holds everything the logs hold before serving:
+        entries committed before a crash but never acknowledged by JetStream would otherwise
+        be answered as duplicates (ACKed) without their JetStream copy.
+        """
+        if self.standby:
+            for journal in self.journals.values():
+                follower = Follower(journal)
+                self.followers.append(follower)
+                await follower.start()
+            return
+        if self.settings.replication_mode == "off" or self.settings.read_only:
+            return
+        for journal in self.journals.values():
+            publisher = Publisher(journal)
+            self.publishers.append(publisher)
+            await publisher.start()
+        if self.settings.replication_mode == "sync":
+            for publisher in self.publishers:
+                log.info("replication.catching_up", journal=publisher.journal.name)
+                caught_up = asyncio.ensure_future(publisher.wait_caught_up())
+                stop = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait([caught_up, stop], return_when=asyncio.FIRST_COMPLETED)
+                caught_up.cancel()
+                stop.cancel()
+
+    async def _stop_followers(self) -> None:
+        for follower in self.followers:
+            await follower.close()
+        self.followers = []
+
+    async def _stop_replication(self) -> None:
+        for publisher in self.publishers:
+            await publisher.close(self.settings.shutdown_timeout)
+        self.publishers = []
 
     def request_stop(self, exit_code: int = EXIT_OK) -> None:
         if exit_code and not self.exit_code:
@@ -126,6 +189,7 @@ class Service:
         timeout = self.settings.shutdown_timeout
         if self.server is not None:
             await self.server.stop_accepting()
+        await self._stop_followers()  # before the journals: they write into the WALs
         for journal in self.journals.values():
             try:
                 await asyncio.wait_for(journal.close(), timeout)
@@ -136,6 +200,7 @@ class Service:
                 journal.halt(f"shutdown timed out after {timeout}s: the writer is stuck")
                 journal.writer_stuck = True
                 self.exit_code = self.exit_code or EXIT_HALTED
+        await self._stop_replication()  # after the journals: the run's seal is published too
         if self.server is not None:
             await self.server.close_connections(timeout=min(timeout, 5.0))
         if self.metrics is not None:
@@ -154,9 +219,9 @@ class Service:
         return self.exit_code
 
 
-def run_service(settings: Settings, *, fs: FileLayer = OS_FILES) -> int:
+def run_service(settings: Settings, *, fs: FileLayer = OS_FILES, standby: bool = False) -> int:
     """Run on uvloop until stopped; returns the exit code (``fs``: see :class:`Service`)."""
-    service = Service(settings, fs=fs)
+    service = Service(settings, fs=fs, standby=standby)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         code = uvloop.run(service.run())

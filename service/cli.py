@@ -7,11 +7,15 @@ import json
 import sys
 from collections.abc import Sequence
 
+import uvloop
+
 from service import __version__
 from service.app import run_service
 from service.logs import configure_logging
+from service.replication.promote import PromoteError, promote
 from service.settings import SPECS, SettingsError, load_settings
 from service.tools import ToolParser, register_tools
+from wal import WalError
 
 EXIT_USAGE = 2
 
@@ -56,7 +60,7 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SettingsError(f"--set expects KEY=VALUE, got {item!r}")
-        flags[key.strip().replace("-", "_")] = value
+        flags[key.strip().replace("-", "_").replace(".", "_")] = value
     return flags
 
 
@@ -65,6 +69,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     print(f"ackwal {__version__}: serving on {settings.socket_path}", file=sys.stderr, flush=True)
     return run_service(settings)
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, flags=_flags(args))
+    configure_logging(settings.log_format, settings.log_level)
+    print(
+        f"ackwal {__version__}: standby following {settings.replication_nats_url}, "
+        f"serving reads on {settings.socket_path}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return run_service(settings, standby=True)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, flags=_flags(args))
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        promoted = uvloop.run(promote(settings, list(args.journal or []), args.timeout))
+    except (PromoteError, WalError, OSError, ValueError) as exc:
+        print(f"ackwal promote: refused: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # NATS unreachable, timeouts: one line, not a traceback
+        print(f"ackwal promote: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    for p in promoted:
+        print(f"promoted journal {p.journal} to epoch {p.epoch} (EPOCH record at seq {p.seq})")
+    return 0
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -106,6 +138,43 @@ def build_parser() -> argparse.ArgumentParser:
         "appends (error read_only), nothing written, no lock: may run beside a writer",
     )
     serve.set_defaults(func=cmd_serve)
+
+    follow = sub.add_parser(
+        "follow",
+        help="run a standby: copy every journal from NATS JetStream, serve reads",
+        description="Run a standby (docs/REPLICATION.md): every configured journal is copied "
+        "record for record from its JetStream stream (replication_nats_url, "
+        "replication_stream_prefix) through the durable consumer replication_consumer into "
+        "the journal's data directory, checking seq continuity and the CRC chain; reads, "
+        "lookups and subscriptions are served read-only on the socket; appends get read_only. "
+        "On a divergence the standby stops following, names the first seq that differs, keeps "
+        "serving reads and reports not ready. Exit codes as for serve.",
+    )
+    _add_setting_flags(follow)
+    follow.set_defaults(func=cmd_follow)
+
+    prom = sub.add_parser(
+        "promote",
+        help="turn a stopped, caught-up standby into the primary of a new epoch",
+        description="Promote a standby (docs/REPLICATION.md, failover procedure). Stop the old "
+        "primary and the standby's ackwal follow first. For each journal (all, or --journal): "
+        "copy the stream's remaining records, check that nothing else is being published, "
+        "write an EPOCH record with the next epoch into the WAL and publish it; then start "
+        "ackwal serve on this configuration. Exit codes: 0 promoted; 1 refused or failed (the "
+        "line says why: not caught up, diverged, NATS unreachable, the old primary still "
+        "publishing, directory locked by a running standby); 2 bad configuration.",
+    )
+    _add_setting_flags(prom)
+    prom.add_argument(
+        "--journal", action="append", metavar="NAME", help="promote only NAME (repeatable)"
+    )
+    prom.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds allowed to copy the stream's remaining records (default 60)",
+    )
+    prom.set_defaults(func=cmd_promote)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -83,6 +83,13 @@ class ReadOnlyError(AckwalError):
     code = ErrorCode.READ_ONLY
 
 
+class FencedError(AckwalError):
+    """A newer primary (a higher replication epoch) exists: this service accepts no appends.
+    Send appends to the current primary (docs/REPLICATION.md)."""
+
+    code = ErrorCode.FENCED
+
+
 _BY_CODE: dict[str, type[AckwalError]] = {
     cls.code: cls
     for cls in (
@@ -100,6 +107,7 @@ _BY_CODE: dict[str, type[AckwalError]] = {
         UnknownJournalError,
         JournalFullError,
         ReadOnlyError,
+        FencedError,
     )
 }
 

@@ -13,7 +13,7 @@ import functools
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -149,17 +149,29 @@ class Journal:
         self._closed = asyncio.Event()
         self.writer_stuck = False  # close() left a write that never returned (see close)
         self.run_started_seq = 0  # this run's RUN_STARTED record (0 until it is durable)
+        # Replication hooks (service/replication): ``replicate`` is awaited after each batch's
+        # fdatasync, before its ACKs (sync mode waits there for JetStream's ack); ``refusal``
+        # (code, message) refuses every append (a standby, a fenced old primary).
+        self.replicate: Callable[[int], Awaitable[None]] | None = None
+        self.refusal: tuple[str, str] | None = None
+        self.replication: Any = None  # its status() goes into status()["replication"]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     @classmethod
     async def open(
-        cls, settings: Settings, name: str = "main", *, fs: FileLayer = OS_FILES
+        cls,
+        settings: Settings,
+        name: str = "main",
+        *,
+        fs: FileLayer = OS_FILES,
+        standby: bool = False,
     ) -> Journal:
         """Open and recover the WAL off the loop, rebuild the idempotency index, start batching.
 
         ``fs`` is the WAL's file layer: tests pass :class:`wal.faultfs.FaultyFileLayer` to inject
-        disk faults below the WAL; everything above it runs for real.
+        disk faults below the WAL; everything above it runs for real. ``standby``: the WAL is
+        writable for the replication follower only; no run record, appends refused.
         """
         options = WalOptions(
             segment_size=settings.segment_size,
@@ -185,7 +197,13 @@ class Journal:
             await loop.run_in_executor(None, journal._rebuild_index)
             await loop.run_in_executor(None, journal.cursors.load)
             await journal.snapshots.open()
-            if not wal.readonly:  # read-only: no run, nothing written
+            if standby:
+                journal.refusal = (
+                    ErrorCode.READ_ONLY,
+                    f"journal {name} is a standby (ackwal follow): send appends to the primary",
+                )
+                journal.cursors.read_only = True
+            elif not wal.readonly:  # read-only: no run, nothing written
                 await journal._begin_run()
         except BaseException:
             if not journal.writer_stuck:
@@ -365,7 +383,8 @@ class Journal:
             "bytes_written": self.stats.bytes_written,
             "backpressure_events": self.stats.backpressure_events,
             "cursors": self.cursors.all(),
-            "read_only": self.wal.readonly,
+            "read_only": self.wal.readonly or self.refusal is not None,
+            **({"replication": self.replication.status()} if self.replication else {}),
         }
 
     # -- appending (core, non-blocking) -------------------------------------------------------
@@ -378,6 +397,9 @@ class Journal:
         Never waits: callers check :attr:`queue_full` and apply backpressure themselves. ``t``
         is when the request arrived (``time.perf_counter()``), for the latency histograms.
         """
+        if self.refusal is not None:  # replication: a standby, or a fenced old primary
+            self._refuse(sink, token, *self.refusal)
+            return
         if self.wal.readonly:
             message = f"journal {self.name} is served read-only: appends are not accepted"
             self._refuse(sink, token, ErrorCode.READ_ONLY, message)
@@ -414,7 +436,13 @@ class Journal:
         """Queue entries that must be committed in the same batch (``append_batch``)."""
         if t is None:
             t = time.perf_counter()
-        if self.halted is not None or self.closing or self.full is not None or self.wal.readonly:
+        if (
+            self.halted is not None
+            or self.closing
+            or self.full is not None
+            or self.wal.readonly
+            or self.refusal is not None
+        ):
             for entry, (sink, token) in zip(entries, sinks, strict=True):
                 self.submit(entry, sink, token, t)
             return
@@ -540,6 +568,8 @@ class Journal:
                 for p in batch:
                     self._fail_pending(p, ErrorCode.HALTED, f"journal {self.name} is halted: {exc}")
                 return
+            if self.replicate is not None:  # replication hook: may halt (sync mode, no ack)
+                await self.replicate(first + len(batch) - 1)
             self._writing = []
             if self.halted is not None:
                 # Halted (e.g. by the watchdog) while this batch was in fdatasync: its

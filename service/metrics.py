@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from service import __version__
 from service.protocol import PROTOCOL_VERSION
+from service.replication.metrics import replication_families
 from wal import FORMAT_VERSION
 
 if TYPE_CHECKING:
@@ -236,6 +237,7 @@ class AckwalCollector(Collector):
             "Bytes of torn tail dropped by the last start's recovery.",
             lambda j: j.wal.recovery.dropped_bytes,
         )
+        yield from replication_families(journals)
         conns = GaugeMetricFamily("ackwal_connections", "Open client connections.")
         conns.add_metric([], svc.server.connection_count if svc.server is not None else 0)
         yield conns

@@ -32,6 +32,7 @@ class ErrorCode:
     UNKNOWN_JOURNAL: Final = "unknown_journal"
     READ_ONLY: Final = "read_only"  # a write (append, cursor move) to a read-only server
     JOURNAL_FULL: Final = "journal_full"  # max_journal_bytes reached, retention freed nothing
+    FENCED: Final = "fenced"  # a newer primary epoch exists: this one accepts no appends
     INTERNAL: Final = "internal"
 
 

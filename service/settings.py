@@ -11,6 +11,7 @@ import dataclasses
 import grp
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -96,8 +97,61 @@ def _type_list(value: Any) -> str | None:
     return None
 
 
+JOURNAL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def parse_journals(raw: Any) -> dict[str, str]:
+    """Extra journals, name -> data directory, from a TOML table (``[journals.NAME]`` with
+    ``data_dir``) or a string ``"NAME=DIR,NAME=DIR"`` (environment, flags). Raises ValueError."""
+    out: dict[str, str] = {}
+    if isinstance(raw, str):
+        for part in raw.split(","):
+            if not part.strip():
+                continue
+            name, sep, directory = part.partition("=")
+            if not sep:
+                raise ValueError(f"{part.strip()!r} is not NAME=DIR")
+            out[name.strip()] = directory.strip()
+    elif isinstance(raw, Mapping):
+        for name, table in raw.items():
+            if isinstance(table, str):
+                out[str(name)] = table
+            elif isinstance(table, Mapping) and set(table) == {"data_dir"}:
+                out[str(name)] = str(table["data_dir"])
+            else:
+                raise ValueError(f"journals.{name} must be a table holding only data_dir")
+    else:
+        raise ValueError("not a table")
+    for name, directory in out.items():
+        if not JOURNAL_NAME_RE.match(name):
+            raise ValueError(f"journal name {name!r} is not 1-64 of A-Z a-z 0-9 _ -")
+        if name == "main":
+            raise ValueError("journal 'main' is configured by data_dir, not in journals")
+        if not directory:
+            raise ValueError(f"journal {name} has an empty data_dir")
+    return out
+
+
+def _journals(value: Any) -> str | None:
+    try:
+        parse_journals(value)
+    except ValueError as exc:
+        return f"[journals.NAME] tables with a data_dir, or NAME=DIR,NAME=DIR ({exc})"
+    return None
+
+
 def _nonempty(value: Any) -> str | None:
     return None if str(value).strip() else "a non-empty path"
+
+
+def _stream_prefix(value: Any) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z0-9_-]{1,32}", str(value))
+    return None if ok else "1-32 of A-Z a-z 0-9 _ - (a NATS subject token and stream name)"
+
+
+def _consumer(value: Any) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(value))
+    return None if ok else "1-64 of A-Z a-z 0-9 _ -"
 
 
 def _addr(value: Any) -> str | None:
@@ -355,6 +409,83 @@ SPECS: Final[tuple[Spec, ...]] = (
         "bytes",
         _range(0, 1 << 60),
     ),
+    Spec(
+        "journals",
+        dict,
+        {},
+        "Journals besides main, each with its own WAL directory: [journals.NAME] tables with a "
+        "data_dir (NAME: 1-64 of A-Z a-z 0-9 _ -); env/flag form NAME=DIR,NAME=DIR.",
+        check=_journals,
+    ),
+    Spec(
+        "replication_mode",
+        str,
+        "off",
+        "off; async (publish committed records to JetStream after the fdatasync, never "
+        "blocking appends); sync (ACK only after the fdatasync AND JetStream's ack).",
+        check=_choice("off", "async", "sync"),
+    ),
+    Spec(
+        "replication_nats_url",
+        str,
+        "nats://127.0.0.1:4222",
+        "NATS server URL(s), comma-separated, for the publisher, ackwal follow and promote.",
+        check=_nonempty,
+    ),
+    Spec(
+        "replication_stream_prefix",
+        str,
+        "ackwal",
+        "Journal J is published on subject PREFIX.J into the JetStream stream PREFIX_J.",
+        check=_stream_prefix,
+    ),
+    Spec(
+        "replication_stream_replicas",
+        int,
+        1,
+        "Replicas of a stream the publisher creates (3 on a three-node NATS cluster).",
+        check=_range(1, 5),
+    ),
+    Spec(
+        "replication_duplicate_window",
+        float,
+        120.0,
+        "JetStream de-duplication window (Nats-Msg-Id) of a stream the publisher creates.",
+        "seconds",
+        _range(1, 86400),
+    ),
+    Spec(
+        "replication_sync_timeout",
+        float,
+        5.0,
+        "sync mode: a batch whose JetStream ack has not come within this time fails stop "
+        "(halted; never ACKed).",
+        "seconds",
+        _range(0.01, 3600),
+    ),
+    Spec(
+        "replication_publish_window",
+        int,
+        1024,
+        "Records published to JetStream before waiting for their acks.",
+        "records",
+        _range(1, 65536),
+    ),
+    Spec(
+        "replication_retry_interval",
+        float,
+        0.5,
+        "Pause before the publisher or follower retries after NATS failed.",
+        "seconds",
+        _range(0.01, 60),
+    ),
+    Spec(
+        "replication_consumer",
+        str,
+        "standby",
+        "Durable JetStream consumer name of ackwal follow (one per standby).",
+        check=_consumer,
+    ),
 )
 SPEC_BY_KEY: Final = {s.key: s for s in SPECS}
 
@@ -396,10 +527,24 @@ class Settings:
     retention_interval: float = 60.0
     retention_ignore_cursors: bool = False
     max_journal_bytes: int = 0
+    journals: Mapping[str, str] = field(default_factory=dict)
+    replication_mode: str = "off"
+    replication_nats_url: str = "nats://127.0.0.1:4222"
+    replication_stream_prefix: str = "ackwal"
+    replication_stream_replicas: int = 1
+    replication_duplicate_window: float = 120.0
+    replication_sync_timeout: float = 5.0
+    replication_publish_window: int = 1024
+    replication_retry_interval: float = 0.5
+    replication_consumer: str = "standby"
     origin: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def journal_dirs(self) -> dict[str, str]:
+        """Every journal of the service, name -> WAL directory; ``main`` first."""
+        return {"main": self.data_dir, **self.journals}
 
     def effective(self) -> list[tuple[str, Any, str]]:
         """(key, value, source) for every setting, in documentation order."""
@@ -445,6 +590,10 @@ def _coerce(spec: Spec, raw: Any, source: str) -> Any:
             raise fail("a number") from None
         if math.isnan(value) or math.isinf(value):
             raise fail("a number")
+    elif spec.kind is dict:
+        if spec.check is not None and (allowed := spec.check(raw)) is not None:
+            raise fail(allowed)
+        value = parse_journals(raw)
     else:
         if not isinstance(raw, str):
             raise fail("a string")
@@ -454,6 +603,33 @@ def _coerce(spec: Spec, raw: Any, source: str) -> Any:
         if allowed is not None:
             raise fail(allowed)
     return value
+
+
+SECTIONS: Final = ("replication",)
+
+
+def _flatten_sections(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """``[replication] mode = "sync"`` is the setting ``replication_mode``."""
+    flat: dict[str, Any] = {}
+    for key, raw in doc.items():
+        if key in SECTIONS and isinstance(raw, Mapping):
+            for sub, value in raw.items():
+                flat[f"{key}_{sub}"] = value
+        else:
+            flat[key] = raw
+    return flat
+
+
+def _check_journal_dirs(settings: Settings) -> None:
+    seen: dict[str, str] = {}
+    for name, directory in settings.journal_dirs().items():
+        path = os.path.abspath(directory)
+        if path in seen:
+            raise SettingsError(
+                f"invalid setting journals: journals {seen[path]} and {name} share the data "
+                f"directory {path}; each journal needs its own"
+            )
+        seen[path] = name
 
 
 def load_settings(
@@ -473,7 +649,7 @@ def load_settings(
             raise SettingsError(f"config file {config_path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {config_path} is not valid TOML: {exc}") from None
-        for key, raw in doc.items():
+        for key, raw in _flatten_sections(doc).items():
             spec = SPEC_BY_KEY.get(key)
             if spec is None:
                 raise SettingsError(
@@ -499,6 +675,7 @@ def load_settings(
         values[key] = _coerce(spec, raw, f"flag --{key.replace('_', '-')}")
         origin[key] = f"flag --{key.replace('_', '-')}"
     settings = Settings(**values, origin=origin)
+    _check_journal_dirs(settings)
     if settings.max_record_size > settings.segment_size // 2:
         raise SettingsError(
             f"invalid setting max_record_size = {settings.max_record_size} "

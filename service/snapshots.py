@@ -170,7 +170,7 @@ class Snapshots:
 
     async def begin(self, anchor_seq: int) -> Upload:
         journal = self.journal
-        if journal.wal.readonly:
+        if journal.wal.readonly or journal.refusal is not None:  # refusal: a standby, fenced
             raise AckwalError(
                 f"journal {journal.name} is open read-only: snapshots cannot be stored",
                 ErrorCode.BAD_REQUEST,

@@ -94,3 +94,31 @@ def test_compare_help_names_every_system() -> None:
     assert proc.returncode == 0
     for name in ("ackwal-socket", "ackwal-batch", "postgres", "sqlite-grouped", "nats-sync"):
         assert name in proc.stdout
+
+
+def test_replication_benchmark_runs_modes_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "replication.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "replication.py"),
+            "--quick",
+            "--seconds",
+            "0.5",
+            "--modes",
+            "off,async,sync",
+            "--dir",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["off", "async", "sync"]
+    for row in rows[1:]:
+        assert {"acked_per_s", "p99_ms", "pub_lag_max_records", "standby_drain_s"} <= row.keys()

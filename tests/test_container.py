@@ -13,6 +13,7 @@ same nats-server version; and every metric that an alert or a dashboard query na
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import posixpath
@@ -40,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.client import JournalClient
 from service.errors import BadRequestError
 from service.settings import Settings, load_settings
+from tests.replication.natsserver import NatsServer
 from tests.service.harness import (
     RawConnection,
     append_message,
@@ -660,7 +662,11 @@ def test_alerts_cover_halt_slow_fdatasync_backpressure_subscriber_lag_and_down()
         "AckwalFdatasyncSlow",
         "AckwalBackpressure",
         "AckwalSubscriberLag",
+        "AckwalReplicationLag",
+        "AckwalFenced",
+        "AckwalStandbyDiverged",
     }
+    assert "for" not in rules["AckwalFenced"], "a fenced primary is paged at once"
     assert rules["AckwalHalted"]["expr"] == "ackwal_halted == 1"
     assert "for" not in rules["AckwalHalted"], "a halt is paged at once"
     assert (
@@ -746,8 +752,17 @@ def check_against_scrape(expr: str, found: Scrape, where: str) -> None:
 async def test_every_metric_in_the_alerts_and_the_dashboard_is_in_a_real_scrape(
     tmp_path: Path,
 ) -> None:
-    with short_socket_path() as sock:
-        settings = make_settings(tmp_path / "data", sock, metrics_addr="127.0.0.1:0")
+    # replication on (a real nats-server), so that its metric families are in the scrape too
+    nats_server = NatsServer(tmp_path / "nats").start()
+    with short_socket_path() as sock, contextlib.ExitStack() as stop:
+        stop.callback(nats_server.stop)
+        settings = make_settings(
+            tmp_path / "data",
+            sock,
+            metrics_addr="127.0.0.1:0",
+            replication_mode="async",
+            replication_nats_url=nats_server.url,
+        )
         async with serve(settings) as svc:
             assert svc.metrics is not None
             async with JournalClient(sock) as client:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import SPECS, Settings, load_settings
+from service.settings import SPECS, Settings, _flatten_sections, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ACKWAL = str(Path(sys.executable).parent / "ackwal")
@@ -95,7 +95,7 @@ def test_embedded_example_runs_in_process(tmp_path: Path) -> None:
 
 def test_shipped_config_documents_every_setting_with_its_default() -> None:
     path = ROOT / "config" / "ackwal.toml"
-    doc = tomllib.loads(path.read_text())
+    doc = _flatten_sections(tomllib.loads(path.read_text()))
     assert set(doc) == {s.key for s in SPECS}
     for spec in SPECS:
         assert doc[spec.key] == spec.default, spec.key
@@ -113,7 +113,13 @@ def test_ci_runs_make_test() -> None:
 
 
 def test_every_command_has_help() -> None:
-    for args in (["--help"], ["serve", "--help"], ["config", "show", "--help"]):
+    for args in (
+        ["--help"],
+        ["serve", "--help"],
+        ["follow", "--help"],
+        ["promote", "--help"],
+        ["config", "show", "--help"],
+    ):
         out = subprocess.run([ACKWAL, *args], capture_output=True, text=True, check=True)
         assert "usage: ackwal" in out.stdout
 

@@ -12,6 +12,7 @@ from wal.format import Record, RecordType
 from wal.lock import DirectoryLock
 from wal.reader import SegmentReader
 from wal.recovery import RecoveryReport, recover
+from wal.replica import check_continuation
 from wal.scan import SegmentScan
 from wal.writer import SegmentWriter, WalOptions
 
@@ -146,7 +147,31 @@ class Wal:
         self._last_seq = writer.next_seq - 1
         return first
 
+    def append_raw(self, records: Sequence[bytes]) -> int:
+        """Append another log's records verbatim (replication) as one durable batch.
+
+        Each record is checked (CRC, seq, link to this log's chain head) before anything is
+        written; the first misfit raises :class:`wal.replica.DivergenceError` naming its seq.
+        ``records`` must not span two of the source's batches (see wal/replica.py).
+        """
+        writer = self._writer
+        if writer is None:
+            if self.readonly:
+                raise ReadOnlyError(f"wal: {self.directory} is open read-only")
+            raise WriterFailedError(f"wal: {self.directory} is closed")
+        batch = check_continuation(
+            records, writer.next_seq, writer.chain_head, self.options.max_record_size
+        )
+        first = writer.append_encoded(batch.data, batch.first_seq, batch.last_crc, batch.lengths)
+        self._chain_head = writer.chain_head
+        self._last_seq = writer.next_seq - 1
+        return first
+
     # -- reading ------------------------------------------------------------------------------
+
+    def read_raw(self, from_seq: int, to_seq: int | None = None) -> Iterator[bytes]:
+        """Validated records as their exact bytes (header + payload), for replication."""
+        return self._reader.iter_raw_from(max(from_seq, 1), to_seq)
 
     def read(self, from_seq: int, to_seq: int | None = None) -> Iterator[Record]:
         """Validated records from ``from_seq`` up to ``to_seq`` (default: the durable end)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
+from typing import Any
 
 from wal.errors import CorruptionError, WalError
 from wal.fileio import FileLayer, ReadHandle
@@ -60,6 +61,13 @@ class SegmentReader:
 
     def iter_from(self, from_seq: int, to_seq: int | None = None) -> Iterator[Record]:
         """Records with ``from_seq <= seq <= to_seq`` (to the durable end when None), in order."""
+        return self._iter(from_seq, to_seq, raw=False)
+
+    def iter_raw_from(self, from_seq: int, to_seq: int | None = None) -> Iterator[bytes]:
+        """The same records as their exact bytes (28-byte header + payload), for replication."""
+        return self._iter(from_seq, to_seq, raw=True)
+
+    def _iter(self, from_seq: int, to_seq: int | None, raw: bool) -> Iterator[Any]:
         segments = self.segments
         if not segments:
             return
@@ -72,13 +80,15 @@ class SegmentReader:
             seg = segments[idx]
             last = seg.last_seq if to_seq is None else min(seg.last_seq, to_seq)
             if seq <= last:
-                yield from self._iter_segment(seg, seq, last)
+                yield from self._iter_segment(seg, seq, last, raw)
                 seq = last + 1
             if to_seq is not None and seq > to_seq:
                 return
             idx += 1
 
-    def _iter_segment(self, seg: SegmentScan, from_seq: int, to_seq: int) -> Iterator[Record]:
+    def _iter_segment(
+        self, seg: SegmentScan, from_seq: int, to_seq: int, raw: bool = False
+    ) -> Iterator[Any]:
         end = seg.valid_end  # snapshot: only synced bytes
         i = bisect.bisect_right(seg.marks_seq, from_seq) - 1
         if i >= 0:
@@ -136,7 +146,10 @@ class SegmentReader:
                 )
             if seq >= from_seq:
                 start = rel + RECORD_HEADER_SIZE
-                yield Record(seq, rec.type, buf[start : start + rec.length], rec.crc)
+                if raw:
+                    yield buf[rel : start + rec.length]
+                else:
+                    yield Record(seq, rec.type, buf[start : start + rec.length], rec.crc)
             prev_crc = rec.crc
             off += RECORD_HEADER_SIZE + rec.length
             seq += 1

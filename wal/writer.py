@@ -181,6 +181,47 @@ class SegmentWriter:
         seg.last_seq = self.next_seq - 1
         return first
 
+    def append_encoded(self, buf: bytes, first: int, last_crc: int, lengths: list[int]) -> int:
+        """Write records that are already encoded (wal/replica.py checked that they continue
+        this log at ``next_seq``) as one batch and sync; the same fail-stop rules as append."""
+        if self._failed is not None:
+            raise WriterFailedError(
+                f"wal: writer failed earlier and accepts nothing: {self._failed}"
+            )
+        if first != self.next_seq:
+            raise ValueError(f"append_encoded: first seq {first} is not {self.next_seq}")
+        try:
+            if self._active is None or (
+                self._offset > SEGMENT_HEADER_SIZE
+                and self._offset + len(buf) > self.options.segment_size
+            ):
+                self._rotate(first)
+            assert self._handle is not None and self._active is not None
+            write_all(self._handle, buf, self._offset)
+            self._sync()
+        except OSError as exc:
+            raise self._fail(exc, "appending replicated records") from exc
+        seg = self._active
+        off = self._offset
+        self._offset += len(buf)
+        interval = self.options.index_interval
+        next_mark = seg.marks_off[-1] + interval if seg.marks_off else 0
+        seq = first
+        for length in lengths:
+            if off >= next_mark:
+                seg.marks_seq.append(seq)
+                seg.marks_off.append(off)
+                next_mark = off + interval
+            off += RECORD_HEADER_SIZE + length
+            seq += 1
+        self.next_seq = first + len(lengths)
+        self.chain_head = last_crc
+        seg.valid_end = self._offset
+        seg.last_crc = last_crc
+        seg.record_count += len(lengths)
+        seg.last_seq = self.next_seq - 1
+        return first
+
     def _add_marks(self, seg: SegmentScan, payloads: Sequence[bytes], seq: int, off: int) -> None:
         """Sparse index marks every ``index_interval`` bytes, inside large batches too: a read
         by seq (a duplicate's stored response, a lookup) then parses at most one interval."""
