@@ -19,6 +19,7 @@ import structlog
 import uvloop
 
 from service import __version__
+from service.cursors import CursorFileError
 from service.journal import Journal
 from service.metrics import MetricsEndpoint
 from service.replication.follower import Follower
@@ -225,9 +226,10 @@ def run_service(settings: Settings, *, fs: FileLayer = OS_FILES, standby: bool =
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         code = uvloop.run(service.run())
-    except (WalError, SocketInUseError, OSError) as exc:
-        # Refusing to start (directory locked by another server, socket in use, corruption,
-        # permissions) is for an operator to fix: one line saying why, not a traceback.
+    except (WalError, SocketInUseError, CursorFileError, OSError) as exc:
+        # Refusing to start (directory locked by another server, socket in use, corruption of
+        # the log or of the cursor file, permissions) is for an operator to fix: one line
+        # saying why, not a traceback.
         log.error("service.start_refused", error=str(exc), exit_code=EXIT_START_REFUSED)
         if isinstance(exc, RunStartTimeoutError):
             # The writer thread is still inside a write that may never return, and the

@@ -393,6 +393,22 @@ async def test_a_second_server_process_exits_with_one_clear_line_naming_the_lock
         assert '"service.start_refused"' in output
 
 
+async def test_a_damaged_cursor_file_refuses_the_start_with_one_clear_line(
+    tmp_path: Path, running_service: RunningService
+) -> None:
+    async with running_service() as service:
+        data_dir = service.settings.data_dir
+    cursor_file = Path(data_dir) / "cursors.ackc"
+    cursor_file.write_bytes(b"not a cursor file at all")
+    server = ServerProcess(Path(data_dir), str(tmp_path / "s.sock"), tmp_path / "server.log")
+    server.start()
+    assert await server.wait() == 1
+    output = server.log_text()
+    assert "Traceback" not in output
+    assert '"service.start_refused"' in output
+    assert "cursors.ackc" in output
+
+
 async def test_a_stale_socket_file_is_removed_at_start(running_service: RunningService) -> None:
     async with running_service() as service:
         sock = socket_of(service)
