@@ -262,8 +262,10 @@ SPECS: Final[tuple[Spec, ...]] = (
     Spec(
         "max_batch_entries",
         int,
-        4096,
-        "Most entries written by one write + fdatasync.",
+        1024,
+        "Most entries written by one write + fdatasync (an append_batch is never split). "
+        "Smaller batches keep the writer and the event loop busy at the same time: at 64 "
+        "clients x 64-entry append_batch, 1024 measured 1.3-1.5x the throughput of 4096.",
         "entries",
         _range(1, 1_000_000),
     ),
@@ -506,7 +508,7 @@ class Settings:
     write_timeout: float = 30.0
     shutdown_timeout: float = 10.0
     queue_capacity: int = 65536
-    max_batch_entries: int = 4096
+    max_batch_entries: int = 1024
     max_batch_bytes: int = 8 * MiB
     max_batch_latency: float = 0.0
     halt_threshold: float = 30.0
