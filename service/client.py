@@ -89,10 +89,19 @@ class _ClientProtocol(asyncio.Protocol):
         self.client._on_lost(self, exc)
 
     def write(self, frame: bytes) -> None:
-        self.out.append(frame)
+        """The first request of a loop turn leaves at once; later ones in the same turn go
+        out together at its end. A client that waits for each ACK (one engine, one request at
+        a time) thus never waits for the rest of the turn; a pipelining one still coalesces.
+        Measured at 64 closed-loop clients in one process: ~8% more ACKs/s and a lower p99
+        than always deferring to the end of the turn (docs/PERFORMANCE.md)."""
         if not self.flush_scheduled:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(frame)
+                return
+        self.out.append(frame)
 
     def flush(self) -> None:
         self.flush_scheduled = False
