@@ -157,29 +157,7 @@ class SegmentWriter:
                 )
         first = self.next_seq
         buf, crc = encode_records(payloads, first, self.chain_head, record_type)
-        try:
-            if self._active is None or (
-                self._offset > SEGMENT_HEADER_SIZE
-                and self._offset + len(buf) > self.options.segment_size
-            ):
-                self._rotate(first)
-            assert self._handle is not None and self._active is not None
-            write_all(self._handle, buf, self._offset)
-            self._sync()
-        except OSError as exc:
-            raise self._fail(exc, "appending a batch") from exc
-        seg = self._active
-        start = self._offset
-        self._offset += len(buf)
-        self._add_marks(seg, payloads, first, start)
-        self.next_seq = first + len(payloads)
-        self.chain_head = crc
-        # Publish to readers last: valid_end/last_seq say what is durable and readable.
-        seg.valid_end = self._offset
-        seg.last_crc = crc
-        seg.record_count += len(payloads)
-        seg.last_seq = self.next_seq - 1
-        return first
+        return self._write_batch(buf, first, crc, list(map(len, payloads)), "appending a batch")
 
     def append_encoded(self, buf: bytes, first: int, last_crc: int, lengths: list[int]) -> int:
         """Write records that are already encoded (wal/replica.py checked that they continue
@@ -190,6 +168,13 @@ class SegmentWriter:
             )
         if first != self.next_seq:
             raise ValueError(f"append_encoded: first seq {first} is not {self.next_seq}")
+        return self._write_batch(buf, first, last_crc, lengths, "appending replicated records")
+
+    def _write_batch(
+        self, buf: bytes | bytearray, first: int, last_crc: int, lengths: list[int], what: str
+    ) -> int:
+        """One write + one sync of consecutive encoded records (payload ``lengths``), rotating
+        first if they do not fit; then index them and publish them to readers."""
         try:
             if self._active is None or (
                 self._offset > SEGMENT_HEADER_SIZE
@@ -200,42 +185,37 @@ class SegmentWriter:
             write_all(self._handle, buf, self._offset)
             self._sync()
         except OSError as exc:
-            raise self._fail(exc, "appending replicated records") from exc
+            raise self._fail(exc, what) from exc
         seg = self._active
-        off = self._offset
+        start = self._offset
         self._offset += len(buf)
-        interval = self.options.index_interval
-        next_mark = seg.marks_off[-1] + interval if seg.marks_off else 0
-        seq = first
-        for length in lengths:
-            if off >= next_mark:
-                seg.marks_seq.append(seq)
-                seg.marks_off.append(off)
-                next_mark = off + interval
-            off += RECORD_HEADER_SIZE + length
-            seq += 1
+        self._add_marks(seg, lengths, first, start, self._offset)
         self.next_seq = first + len(lengths)
         self.chain_head = last_crc
+        # Publish to readers last: valid_end/last_seq say what is durable and readable.
         seg.valid_end = self._offset
         seg.last_crc = last_crc
         seg.record_count += len(lengths)
         seg.last_seq = self.next_seq - 1
         return first
 
-    def _add_marks(self, seg: SegmentScan, payloads: Sequence[bytes], seq: int, off: int) -> None:
+    def _add_marks(
+        self, seg: SegmentScan, lengths: list[int], seq: int, off: int, end: int
+    ) -> None:
         """Sparse index marks every ``index_interval`` bytes, inside large batches too: a read
-        by seq (a duplicate's stored response, a lookup) then parses at most one interval."""
+        by seq (a duplicate's stored response, a lookup) then parses at most one interval.
+        The records of payload ``lengths`` span ``off`` to ``end``."""
         interval = self.options.index_interval
         marks_off = seg.marks_off
         next_mark = marks_off[-1] + interval if marks_off else 0
-        if off + len(payloads) * RECORD_HEADER_SIZE + sum(map(len, payloads)) <= next_mark:
+        if end <= next_mark:
             return
-        for payload in payloads:
+        for length in lengths:
             if off >= next_mark:
                 seg.marks_seq.append(seq)
                 marks_off.append(off)
                 next_mark = off + interval
-            off += RECORD_HEADER_SIZE + len(payload)
+            off += RECORD_HEADER_SIZE + length
             seq += 1
 
     def close(self) -> None:
