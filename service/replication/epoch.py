@@ -17,6 +17,7 @@ from typing import Any
 
 import msgpack
 
+from service.runs import decode_run_payload
 from wal import RecordType, Wal, WalError
 from wal.crc import crc32c
 from wal.fileio import OS_FILES, FileLayer
@@ -48,11 +49,8 @@ def epoch_payload(epoch: int, previous_last_seq: int) -> bytes:
 
 
 def decode_epoch_payload(payload: bytes) -> dict[str, Any]:
-    try:
-        value = msgpack.unpackb(payload, raw=False)
-    except (ValueError, msgpack.ExtraData):
-        return {}
-    return value if isinstance(value, dict) else {}
+    """The map of an EPOCH payload ({} if it is not a map): the same shape as a run record's."""
+    return decode_run_payload(payload)
 
 
 def epoch_of_record(payload: bytes) -> int:

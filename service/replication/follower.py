@@ -33,6 +33,7 @@ from service.replication.epoch import FIRST_EPOCH, current_epoch, epoch_of_recor
 from service.replication.stream import (
     HDR_EPOCH,
     HDR_SEQ,
+    close_quietly,
     connect,
     header_int,
     stream_of,
@@ -104,10 +105,7 @@ class Follower:
             await asyncio.wait([task])
         self._writer.shutdown(wait=True)
         if self._nc is not None:
-            try:
-                await asyncio.wait_for(self._nc.close(), 2.0)
-            except Exception as exc:
-                log.debug("replication.nats_close_failed", error=str(exc))
+            await close_quietly(self._nc)
             self._nc = None
 
     # -- state --------------------------------------------------------------------------------

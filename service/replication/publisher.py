@@ -37,6 +37,7 @@ from service.replication.stream import (
     HDR_EXPECTED_LAST_SEQ,
     HDR_MSG_ID,
     HDR_SEQ,
+    close_quietly,
     connect,
     ensure_stream,
     msg_id,
@@ -135,10 +136,7 @@ class Publisher:
                 )
         self._resolve_waiters(final=True)
         if self._nc is not None:
-            try:
-                await asyncio.wait_for(self._nc.close(), 2.0)
-            except Exception as exc:
-                log.debug("replication.nats_close_failed", error=str(exc))
+            await close_quietly(self._nc)
             self._nc = None
 
     # -- the journal's hook -------------------------------------------------------------------

@@ -54,6 +54,19 @@ def header_int(headers: dict[str, str] | None, name: str) -> int | None:
         return None
 
 
+async def close_quietly(nc: Client) -> None:
+    """Close a NATS connection at shutdown within 2 s; a failure to close is only logged.
+
+    ``asyncio.timeout``, not ``wait_for``: on 3.11 ``wait_for`` can swallow a cancellation
+    that lands as the close completes (CPython gh-86296).
+    """
+    try:
+        async with asyncio.timeout(2.0):
+            await nc.close()
+    except Exception as exc:
+        log.debug("replication.nats_close_failed", error=str(exc))
+
+
 async def connect(settings: Settings, name: str) -> Client:
     """A NATS connection that reconnects by itself; the first connect fails fast."""
 
