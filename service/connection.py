@@ -18,7 +18,6 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-import msgpack
 import structlog
 
 from service import __version__
@@ -53,7 +52,6 @@ WRITE_HIGH_WATER = 1024 * 1024
 MESSAGES_PER_TURN = 512  # requests handled per loop turn per connection (fairness)
 MAX_READ_LIMIT = 10_000
 MAX_BATCH_ITEMS = 65_536
-_unpackb = msgpack.unpackb
 
 
 class BatchReply:
@@ -226,12 +224,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
             try:
                 if isinstance(item, ProtocolError):
                     raise item
-                try:
-                    message = _unpackb(item, raw=False, strict_map_key=False)
-                except Exception:
-                    message = None
-                if type(message) is not dict:
-                    message = decode_body(item)  # raises bad_frame naming the problem
+                message = decode_body(item)
             except ProtocolError as exc:
                 self.server.count_error(exc.code)
                 self.answered(encode_error(None, exc.code, exc.message), count=False)

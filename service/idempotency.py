@@ -40,8 +40,6 @@ class IdempotencyIndex:
             return None
         return self._shards[request_id[0]].get(request_id)
 
-    lookup = get
-
     def add_batch(self, request_ids: list[bytes], first_seq: int, recv_ms: int) -> None:
         """Record one committed batch: ``request_ids[i]`` got seq ``first_seq + i``."""
         shards = self._shards

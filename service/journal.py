@@ -414,7 +414,7 @@ class Journal:
             return
         rid = entry.request_id
         inflight = self._inflight
-        if (rid in inflight or self.index.lookup(rid) is not None) and self._answer_duplicate(
+        if (rid in inflight or self.index.get(rid) is not None) and self._answer_duplicate(
             rid, sink, token
         ):
             return
@@ -448,7 +448,7 @@ class Journal:
             return
         fresh: list[Pending] = []
         inflight = self._inflight
-        known = self.index.lookup
+        known = self.index.get
         try:
             for entry, (sink, token) in zip(entries, sinks, strict=True):
                 rid = entry.request_id
@@ -489,7 +489,7 @@ class Journal:
             pending.dups.append((sink, token))
             self.stats.duplicates += 1
             return True
-        seq = self.index.lookup(rid)
+        seq = self.index.get(rid)
         if seq is None:
             return False
         stored = self._stored_entry(seq)
