@@ -22,6 +22,20 @@ COMMAND = os.urandom(256)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def new_request_id() -> bytes:
+    """A fresh random UUID (version 4, RFC 4122) as 16 bytes, for every system's workload.
+
+    ``uuid.uuid4().bytes`` builds a UUID object around the bytes: 2.2 us here against 0.65 us,
+    a cost every closed-loop client pays per request. The generator must not weigh on the
+    systems it measures, least of all on the client-bound ones (JetStream's nats-py client
+    runs at a full core).
+    """
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return bytes(b)
+
+
 def _stat_fields(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()

@@ -59,6 +59,7 @@ from common import (
     filesystem_of,
     free_port,
     machine_busy_seconds,
+    new_request_id,
     percentile,
     print_table,
     self_cpu_seconds,
@@ -115,7 +116,7 @@ class Retries:
             if self.history and self.rng.random() < self.fraction:
                 out.append(self.rng.choice(self.history))
             else:
-                out.append((uuid.uuid4().bytes, None))
+                out.append((new_request_id(), None))
         return out
 
     def check(self, sent: list[tuple[bytes, int | None]], results: list[Result]) -> None:
@@ -165,7 +166,7 @@ class CpuProbe:
 
 
 def new_ids(k: int) -> list[tuple[bytes, int | None]]:
-    return [(uuid.uuid4().bytes, None) for _ in range(k)]
+    return [(new_request_id(), None) for _ in range(k)]
 
 
 # -- systems --------------------------------------------------------------------------------------
@@ -276,7 +277,7 @@ async def closed_loop(
 
 def ackwal_record_bytes() -> int:
     """Bytes ackwal writes for one workload append (header + msgpack payload)."""
-    entry = prepare_entry(entry_map(uuid.uuid4().bytes, COMMAND_TYPE, COMMAND), 0, 4 << 20)
+    entry = prepare_entry(entry_map(new_request_id(), COMMAND_TYPE, COMMAND), 0, 4 << 20)
     return int(RECORD_HEADER_SIZE) + len(entry.payload)
 
 

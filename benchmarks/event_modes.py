@@ -17,10 +17,9 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from typing import Any
 
-from common import COMMAND, print_table
+from common import COMMAND, new_request_id, print_table
 
 from service.journal import Journal
 from service.settings import load_settings
@@ -62,7 +61,7 @@ async def point(
     async def one() -> None:
         nonlocal acked
         while loop.time() < stop:
-            await journal.append(uuid.uuid4().bytes, "NewOrder", COMMAND, events=EVENTS)
+            await journal.append(new_request_id(), "NewOrder", COMMAND, events=EVENTS)
             acked += 1
 
     bytes0 = journal.stats.bytes_written

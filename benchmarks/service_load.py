@@ -22,13 +22,13 @@ import platform
 import shutil
 import tempfile
 import time
-import uuid
 from typing import Any
 
 import structlog
 import uvloop
 from common import (
     COMMAND,
+    new_request_id,
     percentile,
     print_table,
     proc_cpu_seconds,
@@ -59,7 +59,7 @@ async def closed_loop(
                 await client.append_batch(
                     [
                         {
-                            "request_id": uuid.uuid4().bytes,
+                            "request_id": new_request_id(),
                             "command_type": "NewOrder",
                             "command": COMMAND,
                         }
@@ -68,7 +68,7 @@ async def closed_loop(
                 )
                 n = batch
             else:
-                await client.append(uuid.uuid4().bytes, "NewOrder", COMMAND)
+                await client.append(new_request_id(), "NewOrder", COMMAND)
                 n = 1
             now = loop.time()
             if now >= stop:
@@ -182,7 +182,7 @@ async def embedded_point(data_dir: str, n: int, seconds: float, warmup: float) -
         nonlocal acked
         while True:
             t0 = time.perf_counter()
-            await journal.append(uuid.uuid4().bytes, "NewOrder", COMMAND)
+            await journal.append(new_request_id(), "NewOrder", COMMAND)
             now = loop.time()
             if now >= stop:
                 return
