@@ -566,7 +566,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
         self._out_bytes += len(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self.server.schedule_flush(self)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -581,6 +581,11 @@ class Connection(asyncio.Protocol, SubscriberSink):
 
     def flush_now(self) -> None:
         self._flush()
+
+    def flush_scheduled(self) -> None:
+        """The server's end-of-turn flush; nothing to do if a direct flush already sent it."""
+        if self._flush_scheduled:
+            self._flush()
 
     def close_after_flush(self) -> None:
         self._flush()
