@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import structlog
 
-from service.entry import AppendResult, StoredEntry, entry_from_wire
+from service.entry import AppendResult, StoredEntry, entry_from_wire, entry_map
 from service.errors import AckwalError, BusyError, error_from_code
 from service.protocol import (
     PROTOCOL_VERSION,
@@ -396,26 +396,18 @@ class JournalClient:
         duration_us: int | None = None,
     ) -> AppendResult:
         """Append one entry; returns once it is durable (or the original's answer)."""
-        # Built inline rather than with entry_map(): this is the per-append path of every
-        # engine, and absent optional fields are simply not sent (the server stores nil).
-        message: dict[str, Any] = {
-            "op": "append",
-            "request_id": request_id.bytes if isinstance(request_id, uuid.UUID) else request_id,
-            "command_type": command_type,
-            "command": command,
-        }
-        if response is not None:
-            message["response"] = response
-        if events:
-            message["events"] = [e.to_wire() if hasattr(e, "to_wire") else e for e in events]
-        if ts_ms is not None:
-            message["ts_ms"] = ts_ms
-        if pre_digest is not None:
-            message["pre_digest"] = pre_digest
-        if post_digest is not None:
-            message["post_digest"] = post_digest
-        if duration_us is not None:
-            message["duration_us"] = duration_us
+        message = entry_map(
+            request_id,
+            command_type,
+            command,
+            response,
+            events,
+            ts_ms,
+            pre_digest,
+            post_digest,
+            duration_us,
+        )
+        message["op"] = "append"
         reply = await self._send(message)[1]
         return AppendResult(reply["seq"], reply["duplicate"], reply.get("response"))
 

@@ -330,22 +330,28 @@ def entry_map(
     post_digest: bytes | None = None,
     duration_us: int | None = None,
 ) -> dict[str, Any]:
-    """The protocol map of one entry, from Python arguments (UUIDs become 16 bytes)."""
+    """The protocol map of one entry, from Python arguments (UUIDs become 16 bytes).
+
+    Absent optional fields and an empty event list are left out (stored as nil and []): every
+    append, over the socket or in-process, builds one of these.
+    """
     m: dict[str, Any] = {
         "request_id": request_id.bytes if isinstance(request_id, uuid.UUID) else request_id,
         "command_type": command_type,
         "command": command,
-        "events": [e.to_wire() if hasattr(e, "to_wire") else e for e in events],
     }
-    for key, value in (
-        ("response", response),
-        ("ts_ms", ts_ms),
-        ("pre_digest", pre_digest),
-        ("post_digest", post_digest),
-        ("duration_us", duration_us),
-    ):
-        if value is not None:
-            m[key] = value
+    if response is not None:
+        m["response"] = response
+    if events:
+        m["events"] = [e.to_wire() if hasattr(e, "to_wire") else e for e in events]
+    if ts_ms is not None:
+        m["ts_ms"] = ts_ms
+    if pre_digest is not None:
+        m["pre_digest"] = pre_digest
+    if post_digest is not None:
+        m["post_digest"] = post_digest
+    if duration_us is not None:
+        m["duration_us"] = duration_us
     return m
 
 
