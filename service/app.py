@@ -10,6 +10,7 @@ second SIGINT exits at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -38,6 +39,13 @@ log = structlog.get_logger("ackwal")
 # 5 ms; 0.1 ms measured best here (docs/PERFORMANCE.md: 64 clients, 0.1 vs 0.5 vs 5 ms
 # interleaved over three rounds).
 GIL_SWITCH_INTERVAL = 0.0001
+
+# The cyclic garbage collector, once the journals are open (see settle_gc). Nearly every object
+# the hot path makes dies by reference counting; what the collector found was in-flight work
+# (with append_batch, ~4,000 entries wait for their fdatasync at any moment, each a Pending and
+# a tuple) and the long-lived containers made at start-up, whose full traversals (the
+# idempotency index's order holds up to idempotency_max_entries ids) paused the loop.
+GC_GEN0_THRESHOLD = 10_000
 
 EXIT_OK = 0
 EXIT_HALTED = 70  # EX_SOFTWARE: a supervisor should restart us into recovery
@@ -220,12 +228,26 @@ class Service:
         return self.exit_code
 
 
+def settle_gc() -> None:
+    """Move everything alive after start-up out of the collector's reach, collect young
+    objects less often. For the service process only (a library must not touch its host's GC).
+
+    Measured with append_batch(64) at 64 clients: the collector took 0.64 s of a 7 s run
+    (~9% of the loop), its full collections up to 38 ms each; afterwards 0.015 s, and the
+    p99 fell from 64-71 ms to 54-61 ms in each of three interleaved rounds
+    (docs/PERFORMANCE.md). Cycles made later are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def run_service(settings: Settings, *, fs: FileLayer = OS_FILES, standby: bool = False) -> int:
     """Run on uvloop until stopped; returns the exit code (``fs``: see :class:`Service`)."""
     service = Service(settings, fs=fs, standby=standby)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
-        code = uvloop.run(service.run())
+        code = uvloop.run(service.run(on_ready=lambda _: settle_gc()))
     except (WalError, SocketInUseError, CursorFileError, OSError) as exc:
         # Refusing to start (directory locked by another server, socket in use, corruption of
         # the log or of the cursor file, permissions) is for an operator to fix: one line
