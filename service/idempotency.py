@@ -21,12 +21,14 @@ SHARDS = 256
 class IdempotencyIndex:
     """Committed request ids in commit order; evicts the oldest by count and by age."""
 
-    __slots__ = ("_batches", "_count", "_order", "_shards", "max_entries", "window_ms")
+    __slots__ = ("_batches", "_count", "_order", "max_entries", "shards", "window_ms")
 
     def __init__(self, window_ms: int, max_entries: int) -> None:
         self.window_ms = window_ms
         self.max_entries = max_entries
-        self._shards: list[dict[bytes, int]] = [{} for _ in range(SHARDS)]
+        # By the id's first byte. Read directly by the journal's hot path (a method call per
+        # append cost more than the lookup): ``shards[rid[0]].get(rid)`` for a 16-byte id.
+        self.shards: list[dict[bytes, int]] = [{} for _ in range(SHARDS)]
         self._count = 0
         self._order: deque[bytes] = deque()
         self._batches: deque[tuple[int, int]] = deque()  # (last seq of a batch, its recv_ms)
@@ -38,11 +40,11 @@ class IdempotencyIndex:
         """The seq committed for ``request_id`` (any bytes; the empty id is never stored)."""
         if not request_id:
             return None
-        return self._shards[request_id[0]].get(request_id)
+        return self.shards[request_id[0]].get(request_id)
 
     def add_batch(self, request_ids: list[bytes], first_seq: int, recv_ms: int) -> None:
         """Record one committed batch: ``request_ids[i]`` got seq ``first_seq + i``."""
-        shards = self._shards
+        shards = self.shards
         order = self._order
         seq = first_seq
         added = 0
@@ -59,7 +61,7 @@ class IdempotencyIndex:
 
     def add(self, request_id: bytes, seq: int, recv_ms: int) -> None:
         """Record one entry (used while rebuilding from the WAL)."""
-        shard = self._shards[request_id[0]]
+        shard = self.shards[request_id[0]]
         if request_id not in shard:
             shard[request_id] = seq
             self._count += 1
@@ -72,13 +74,13 @@ class IdempotencyIndex:
 
     def _pop_oldest(self) -> None:
         rid = self._order.popleft()
-        if self._shards[rid[0]].pop(rid, None) is not None:
+        if self.shards[rid[0]].pop(rid, None) is not None:
             self._count -= 1
 
     def _oldest(self) -> int:
         """The seq of the oldest id still held (0 if none)."""
         order = self._order
-        return self._shards[order[0][0]].get(order[0], 0) if order else 0
+        return self.shards[order[0][0]].get(order[0], 0) if order else 0
 
     def evict(self, now_ms: int) -> None:
         while self._count > self.max_entries:

@@ -72,6 +72,11 @@ class Pending:
         self.dups: list[tuple[AckSink, Any]] | None = None
 
 
+# A batch handed to the writer thread: its entries, their payloads, when each arrived
+# (perf_counter), when the write started, and the writer's future (the first seq).
+_Write = tuple[list[Pending], list[bytes], list[float], float, asyncio.Future[int]]
+
+
 @dataclass(slots=True)
 class JournalStats:
     """Counters the metrics module exports (plain ints: cheap on the hot path)."""
@@ -414,9 +419,8 @@ class Journal:
             return
         rid = entry.request_id
         inflight = self._inflight
-        if (rid in inflight or self.index.get(rid) is not None) and self._answer_duplicate(
-            rid, sink, token
-        ):
+        known = self.index.shards[rid[0]]
+        if (rid in inflight or rid in known) and self._answer_duplicate(rid, sink, token):
             return
         if self.full is not None:  # after the duplicate check: a retry of a stored entry is fine
             self._refuse(sink, token, ErrorCode.JOURNAL_FULL, self.full)
@@ -448,11 +452,11 @@ class Journal:
             return
         fresh: list[Pending] = []
         inflight = self._inflight
-        known = self.index.get
+        shards = self.index.shards
         try:
             for entry, (sink, token) in zip(entries, sinks, strict=True):
                 rid = entry.request_id
-                if (rid in inflight or known(rid) is not None) and self._answer_duplicate(
+                if (rid in inflight or rid in shards[rid[0]]) and self._answer_duplicate(
                     rid, sink, token
                 ):
                     continue
@@ -529,7 +533,7 @@ class Journal:
                 batch.append(pending)
         return batch
 
-    def _start_write(self) -> tuple[list[Pending], list[bytes], float, asyncio.Future[int]]:
+    def _start_write(self) -> _Write:
         """Take the next batch off the queue and hand it to the writer thread."""
         batch = self._take_batch()
         self._writing = batch
@@ -537,12 +541,13 @@ class Journal:
         self._signal_space()
         self._write_started = time.monotonic()
         started = time.perf_counter()
-        self.metrics.queue_wait.observe_many([started - p.t for p in batch])
-        return batch, payloads, started, self._writer.run(self.wal.append, payloads)
+        arrived = [p.t for p in batch]
+        self.metrics.queue_wait.observe_since(started, arrived)
+        return batch, payloads, arrived, started, self._writer.run(self.wal.append, payloads)
 
     async def _batch_loop(self) -> None:
         latency = self.settings.max_batch_latency
-        write: tuple[list[Pending], list[bytes], float, asyncio.Future[int]] | None = None
+        write: _Write | None = None
         while True:
             if write is None:
                 if not self._queue:
@@ -558,7 +563,7 @@ class Journal:
                 ):
                     await asyncio.sleep(latency)
                 write = self._start_write()
-            batch, payloads, started, done = write
+            batch, payloads, arrived, started, done = write
             write = None
             try:
                 first = await done
@@ -586,10 +591,10 @@ class Journal:
             metrics.fdatasync.observe(synced - started)
             metrics.batch_entries.observe(len(batch))
             metrics.batch_bytes.observe(nbytes)
-            self._commit(batch, first, nbytes)
-            metrics.append_latency.observe_many([synced - p.t for p in batch])
+            self._commit(batch, payloads, first, nbytes)
+            metrics.append_latency.observe_since(synced, arrived)
 
-    def _commit(self, batch: list[Pending], first: int, nbytes: int) -> None:
+    def _commit(self, batch: list[Pending], payloads: list[bytes], first: int, nbytes: int) -> None:
         """Resolve a durable batch in seq order, feed subscribers, free the idempotency slots."""
         recv = now_ms()
         inflight = self._inflight
@@ -611,7 +616,7 @@ class Journal:
         stats.batches += 1
         stats.bytes_written += nbytes
         stats.last_batch_entries = len(batch)
-        self.fanout.publish(first, [p.entry.payload for p in batch], RecordType.ENTRY)
+        self.fanout.publish(first, payloads, RecordType.ENTRY)
         self.retention.note_commit()
 
     def _signal_space(self) -> None:

@@ -61,14 +61,21 @@ class Histogram:
         self.sum += value
         self.count += 1
 
-    def observe_many(self, values: Iterable[float]) -> None:
+    def observe_since(self, now: float, starts: Iterable[float]) -> None:
+        """Observe ``now - t`` for each of ``starts``. The entries of one ``append_batch`` share
+        their start: one bisect serves the run of them."""
         counts = self.counts
         bounds = self.bounds
-        total = 0.0
+        last = None
+        i = 0
         n = 0
-        for v in values:
-            counts[bisect.bisect_left(bounds, v)] += 1
-            total += v
+        total = 0.0
+        for t in starts:
+            if t != last:
+                last = t
+                i = bisect.bisect_left(bounds, now - t)
+            counts[i] += 1
+            total += now - t
             n += 1
         self.sum += total
         self.count += n
