@@ -376,7 +376,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
         self.inflight += 1
         collector = BatchReply(self, rid, len(entries))
         try:
-            journal.submit_group(entries, [(collector, i) for i in range(len(entries))], self._t)
+            journal.submit_group(entries, collector, range(len(entries)), self._t)
         except BaseException:
             self.inflight -= 1  # not taken in: the error reply ends it
             raise

@@ -45,17 +45,18 @@ class IdempotencyIndex:
     def add_batch(self, request_ids: list[bytes], first_seq: int, recv_ms: int) -> None:
         """Record one committed batch: ``request_ids[i]`` got seq ``first_seq + i``."""
         shards = self.shards
-        order = self._order
         seq = first_seq
-        added = 0
+        clash = False
         for rid in request_ids:
-            shard = shards[rid[0]]
-            if rid not in shard:
-                shard[rid] = seq
-                order.append(rid)
-                added += 1
+            if shards[rid[0]].setdefault(rid, seq) != seq:
+                clash = True  # already held: the journal answers those as duplicates instead
             seq += 1
-        self._count += added
+        if clash:  # keep only the ids this batch added, each once
+            request_ids = [
+                rid for seq, rid in enumerate(request_ids, first_seq) if shards[rid[0]][rid] == seq
+            ]
+        self._order.extend(request_ids)
+        self._count += len(request_ids)
         self._batches.append((first_seq + len(request_ids) - 1, recv_ms))
         self.evict(recv_ms)
 

@@ -13,7 +13,14 @@ import functools
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -434,10 +441,12 @@ class Journal:
     def submit_group(
         self,
         entries: list[PreparedEntry],
-        sinks: list[tuple[AckSink, Any]],
+        sink: AckSink,
+        tokens: Sequence[Any],
         t: float | None = None,
     ) -> None:
-        """Queue entries that must be committed in the same batch (``append_batch``)."""
+        """Queue entries that must be committed in the same batch (``append_batch``); entry
+        ``i`` is answered through ``sink`` with ``tokens[i]``."""
         if t is None:
             t = time.perf_counter()
         if (
@@ -447,14 +456,14 @@ class Journal:
             or self.wal.readonly
             or self.refusal is not None
         ):
-            for entry, (sink, token) in zip(entries, sinks, strict=True):
+            for entry, token in zip(entries, tokens, strict=True):
                 self.submit(entry, sink, token, t)
             return
         fresh: list[Pending] = []
         inflight = self._inflight
         shards = self.index.shards
         try:
-            for entry, (sink, token) in zip(entries, sinks, strict=True):
+            for entry, token in zip(entries, tokens, strict=True):
                 rid = entry.request_id
                 if (rid in inflight or rid in shards[rid[0]]) and self._answer_duplicate(
                     rid, sink, token
@@ -767,7 +776,7 @@ class Journal:
         await self.wait_for_space()
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[AppendResult]] = [loop.create_future() for _ in prepared]
-        self.submit_group(prepared, [(FUTURE_SINK, f) for f in futs])
+        self.submit_group(prepared, FUTURE_SINK, futs)
         return list(await asyncio.gather(*futs))
 
     async def lookup(self, request_id: uuid.UUID | bytes) -> StoredEntry | None:
