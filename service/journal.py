@@ -46,6 +46,7 @@ from service.retention import Retention
 from service.runs import RunStartTimeoutError, last_run, run_sealed_payload, run_started_payload
 from service.settings import Settings, parse_type_list
 from service.snapshots import Recovery, Snapshot, SnapshotInfo, Snapshots
+from service.turn import turn_flusher
 from service.writer_thread import WriterThread
 from wal import Record, RecordType, Wal, WalError, WalOptions
 from wal.crc import IMPLEMENTATION as CRC_IMPLEMENTATION
@@ -155,7 +156,9 @@ class Journal:
         self._space.set()
         self._on_space: list[Callable[[], None]] = []
         self._on_halt: list[Callable[[str], None]] = []
-        self._writer = WriterThread(asyncio.get_running_loop(), f"ackwal-writer-{name}")
+        loop = asyncio.get_running_loop()
+        self._writer = WriterThread(loop, f"ackwal-writer-{name}")
+        self._turn = turn_flusher(loop)
         self._tasks: list[asyncio.Task[None]] = []
         self._last_backpressure_log = 0.0
         self._closed = asyncio.Event()
@@ -601,6 +604,11 @@ class Journal:
             metrics.batch_entries.observe(len(batch))
             metrics.batch_bytes.observe(nbytes)
             self._commit(batch, payloads, first, nbytes)
+            # The batch's replies leave now, not at the end of this loop turn (after the reads
+            # the turn still has to handle): clients send their next requests sooner, which
+            # then fill the next batch. Interleaved rounds at 64 clients: +7.5% acked/s, p99
+            # lower in each (docs/PERFORMANCE.md).
+            self._turn.flush_now()
             metrics.append_latency.observe_since(synced, arrived)
 
     def _commit(self, batch: list[Pending], payloads: list[bytes], first: int, nbytes: int) -> None:
