@@ -43,8 +43,8 @@ GIL_SWITCH_INTERVAL = 0.0001
 # The cyclic garbage collector, once the journals are open (see settle_gc). Nearly every object
 # the hot path makes dies by reference counting; what the collector found was in-flight work
 # (with append_batch, ~4,000 entries wait for their fdatasync at any moment, each a Pending and
-# a tuple) and the long-lived containers made at start-up, whose full traversals (the
-# idempotency index's order holds up to idempotency_max_entries ids) paused the loop.
+# a tuple) and the long-lived containers made at start-up, whose full traversals paused the
+# loop.
 GC_GEN0_THRESHOLD = 10_000
 
 EXIT_OK = 0

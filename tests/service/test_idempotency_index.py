@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from service.idempotency import IdempotencyIndex
@@ -75,3 +76,36 @@ def test_rebuild_one_by_one_then_batches_continue_in_order() -> None:
     assert index.get(rebuilt[0]) is None
     assert [index.get(r) for r in [rebuilt[1], *batch]] == [3, 4, 5]
     assert index.oldest_seq() == 3
+
+
+def test_ids_added_one_by_one_age_out_by_their_runs_newest_time() -> None:
+    index = IdempotencyIndex(window_ms=1_000, max_entries=100)
+    added = ids(16)
+    for i, rid in enumerate(added):  # 0, 100, ..., 1500 ms: a run spans at most 1,000 ms
+        index.add(rid, i + 1, i * 100)
+    index.evict(now_ms=2_050)  # cutoff 1,050: the run of 0..1,000 ms goes, 1,100.. stays
+    assert [index.get(r) for r in added[:11]] == [None] * 11
+    assert [index.get(r) for r in added[11:]] == [12, 13, 14, 15, 16]
+    assert len(index) == 5 and index.oldest_seq() == 12
+    index.evict(now_ms=2_499)  # the open run's newest id (1,500 ms) is still in the window
+    assert len(index) == 5
+    index.evict(now_ms=2_501)
+    assert len(index) == 0 and index.oldest_seq() is None
+    later = os.urandom(16)
+    index.add(later, 20, 3_000)  # a new run starts after the last one was evicted
+    assert index.get(later) == 20 and len(index) == 1
+
+
+def test_the_order_is_not_traversed_by_the_garbage_collector() -> None:
+    # One tuple of ids per batch: once the collector has seen a tuple of bytes it stops
+    # tracking it, so a full collection no longer visits millions of held ids one by one.
+    index = IdempotencyIndex(window_ms=60_000, max_entries=100_000)
+    for b in range(20):
+        index.add_batch(ids(1_000), 1 + b * 1_000, recv_ms=1_000 + b)
+    for i, rid in enumerate(ids(2_000)):
+        index.add(rid, 20_001 + i, 2_000)
+    gc.collect()
+    runs = list(index._runs)  # white box: what the collector would otherwise walk
+    assert len(runs) == 22  # 20 batches, then 2,000 single ids in runs of at most 1,024
+    assert not any(gc.is_tracked(ids) for ids, _ in runs[:-1])
+    assert len(index) == 22_000
