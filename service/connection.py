@@ -40,6 +40,7 @@ from service.protocol import (
     frame_with_raw,
     raw_array,
 )
+from service.turn import READ_BYTES_PER_TURN, read_budget
 from wal import Record
 from wal.reader import SeqOutOfRangeError
 
@@ -51,6 +52,7 @@ log = structlog.get_logger("ackwal.connection")
 WRITE_HIGH_WATER = 1024 * 1024
 MESSAGES_PER_TURN = 512  # requests handled per loop turn per connection (fairness)
 MAX_READ_LIMIT = 10_000
+READ_REPLY_BYTES = READ_BYTES_PER_TURN  # one read reply's records (and max_frame_bytes / 2)
 MAX_BATCH_ITEMS = 65_536
 
 
@@ -130,6 +132,7 @@ class Connection(asyncio.Protocol, SubscriberSink):
         self._waiting_for_space = False
         self._subs: dict[int, tuple[Journal, Subscription]] = {}
         self._loop = asyncio.get_running_loop()
+        self._reads = read_budget(self._loop)
         self.last_read = float("-inf")  # loop time of the last data received (shutdown linger)
         self._t = 0.0  # perf_counter() of the current read, for latency metrics
 
@@ -208,8 +211,9 @@ class Connection(asyncio.Protocol, SubscriberSink):
         A read is handled piecewise so that no client can make the server hold unbounded
         output (500 pipelined ``read`` requests are 18 KB in, gigabytes out) or hog the loop
         (10,000 garbage frames in one read): at most ``MESSAGES_PER_TURN`` requests per loop
-        turn, and none while this connection's unsent output is above ``WRITE_HIGH_WATER``.
-        The rest waits in ``_backlog`` with reading paused.
+        turn, none while this connection's unsent output is above ``WRITE_HIGH_WATER``, and no
+        ``read`` once the loop's read budget for this turn is spent (service/turn.py). The rest
+        waits in ``_backlog`` with reading paused.
         """
         recv = now_ms()
         self._t = time.perf_counter()
@@ -231,6 +235,9 @@ class Connection(asyncio.Protocol, SubscriberSink):
                 self.close_after_flush()
                 self._backlog = []
                 return
+            if self._reads.exhausted and message.get("op") == "read":
+                i -= 1  # next turn, from the frame (decoding it again is cheap)
+                break
             self._handle(message, recv)
         self._backlog = messages[i:] if i < n else []
         if self._backlog and not self._write_paused:
@@ -414,7 +421,9 @@ class Connection(asyncio.Protocol, SubscriberSink):
                 ErrorCode.BAD_REQUEST,
                 f"field 'limit' must be an integer from 1 to {MAX_READ_LIMIT}",
             )
-        records = journal.read_records(from_seq, limit, self.server.settings.max_frame_bytes // 2)
+        max_bytes = min(READ_REPLY_BYTES, self.server.settings.max_frame_bytes // 2)
+        records = journal.read_records(from_seq, limit, max_bytes)
+        self._reads.spend(sum(len(r.payload) for r in records))
         body = raw_array([encode_record(r.seq, r.type, r.payload) for r in records])
         self.answered(
             frame_with_raw({"id": rid, "last_seq": journal.last_seq}, "records", body), count=False

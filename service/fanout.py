@@ -16,6 +16,7 @@ import structlog
 
 from service.errors import AckwalError, ShuttingDownError
 from service.protocol import ErrorCode
+from service.turn import read_budget
 from wal import Record
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Fanout:
         self._subs: set[Subscription] = set()
         self._live: list[Subscription] = []
         self._step = asyncio.Lock()  # one catch-up read per loop iteration, in turn
+        self._reads = read_budget(asyncio.get_running_loop())  # shared with read replies
 
     @property
     def count(self) -> int:
@@ -155,9 +157,12 @@ class Fanout:
                     self._live.append(sub)
                     return
                 async with self._step:
+                    while self._reads.exhausted:  # this turn's reading is done: next turn
+                        await asyncio.sleep(0)
                     if sub.closed or not sub.sink.can_push() or sub.next_seq > journal.last_seq:
                         continue  # things changed while waiting for our turn: look again
                     records = journal.read_records(sub.next_seq, CATCH_UP_RECORDS, CATCH_UP_BYTES)
+                    self._reads.spend(sum(len(r.payload) for r in records))
                     sub.sink.push_records(sub.sub_id, records)
                     sub.next_seq = records[-1].seq + 1
                 await asyncio.sleep(0)

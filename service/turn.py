@@ -1,10 +1,13 @@
-"""One end-of-turn callback per event loop, shared by everything that coalesces socket writes.
+"""Per event loop turn: one end-of-turn flush for all coalesced socket writes, one read budget.
 
 The server queues the replies of a committed batch on ~25 connections at 64 clients, and a
 client process with many connections sends a request on each of them per turn. A loop callback
 per connection and turn was measurable on both sides (docs/PERFORMANCE.md); here the first
 flush scheduled in a turn registers one callback, and the rest join its list. The journal does
 not wait for the end of the turn after committing a batch: it calls :meth:`flush_now`.
+
+WAL reads run on the loop too (they only touch synced bytes); :class:`ReadBudget` spreads them
+over turns so that no turn holds up the appends of other clients for long.
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ from collections.abc import Callable
 _FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnFlusher] = (
     weakref.WeakKeyDictionary()
 )
+_BUDGETS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReadBudget] = (
+    weakref.WeakKeyDictionary()
+)
+
+# WAL bytes read per loop turn, for every reader on the loop together (read replies and
+# subscription catch-up): ~2-3 ms of parsing and encoding. Before this budget, 8 connections
+# pipelining large reads made one loop turn last 100-190 ms, and every ACK waited it out.
+READ_BYTES_PER_TURN = 256 * 1024
 
 
 class TurnFlusher:
@@ -55,3 +66,40 @@ def turn_flusher(loop: asyncio.AbstractEventLoop) -> TurnFlusher:
     if flusher is None:
         flusher = _FLUSHERS[loop] = TurnFlusher(loop)
     return flusher
+
+
+class ReadBudget:
+    """How much WAL reading is left in this loop turn; readers past it wait for the next turn.
+
+    Reads are never split: one that starts within the budget finishes, so a turn reads at most
+    the budget plus one reply's worth (READ_BYTES_PER_TURN is also the size of one).
+    """
+
+    __slots__ = ("_loop", "_spent", "per_turn")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, per_turn: int) -> None:
+        self._loop = loop
+        self._spent = 0
+        self.per_turn = per_turn
+
+    @property
+    def exhausted(self) -> bool:
+        return self._spent >= self.per_turn
+
+    def spend(self, nbytes: int) -> None:
+        if self._spent == 0 and nbytes > 0:
+            # Scheduled now, it runs at the start of the next turn's callbacks: before the
+            # readers that were deferred during this turn.
+            self._loop.call_soon(self._reset)
+        self._spent += nbytes
+
+    def _reset(self) -> None:
+        self._spent = 0
+
+
+def read_budget(loop: asyncio.AbstractEventLoop) -> ReadBudget:
+    """The loop's read budget (made on first use, gone with the loop)."""
+    budget = _BUDGETS.get(loop)
+    if budget is None:
+        budget = _BUDGETS[loop] = ReadBudget(loop, READ_BYTES_PER_TURN)
+    return budget
