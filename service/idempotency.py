@@ -144,8 +144,8 @@ class IdempotencyIndex:
             self._drop_head_run()
 
     def oldest_seq(self) -> int | None:
-        """The seq of the oldest id still held."""
+        """The seq of the oldest id still held (None if none)."""
         if not self._runs:
             return None
         rid = self._runs[0][0][self._head]
-        return self.shards[rid[0]][rid]
+        return self.shards[rid[0]].get(rid)
