@@ -1,4 +1,5 @@
-"""benchmarks/compare.py runs end to end: a tiny --quick run against ackwal alone.
+"""benchmarks/compare.py runs end to end (a tiny --quick run against ackwal alone), and so does
+benchmarks/server_cpu.py.
 
 Only the shape of the output and the duplicate check are asserted, never a figure: timings on a
 shared machine say nothing about correctness (benchmarks print figures, tests check rules).
@@ -6,6 +7,7 @@ shared machine say nothing about correctness (benchmarks print figures, tests ch
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -122,3 +124,30 @@ def test_replication_benchmark_runs_modes_side_by_side(tmp_path: Path) -> None:
     assert [r["mode"] for r in rows] == ["off", "async", "sync"]
     for row in rows[1:]:
         assert {"acked_per_s", "p99_ms", "pub_lag_max_records", "standby_drain_s"} <= row.keys()
+
+
+def test_server_cpu_harness_appends_everything_it_sends(tmp_path: Path) -> None:
+    for batch in ("64", "0"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "server_cpu.py"),
+                "--batch",
+                batch,
+                "--connections",
+                "4",
+                "--total",
+                "512",
+                "--dir",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        row = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+        assert row["entries"] == 512
+        assert row["cpu_us_per_entry"] > 0 and row["mean_batch"] >= 1
