@@ -30,31 +30,28 @@ ROW_KEYS = {
 }
 
 
-def test_quick_comparison_of_ackwal_alone_writes_json_and_readable_plots(tmp_path: Path) -> None:
-    out = tmp_path / "results"
+def run_benchmark(script: Path, *args: str, timeout: float) -> str:
+    """Run a benchmark script as a user would; its standard output, after checking it exited 0."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(COMPARE),
-            "--quick",
-            "--systems",
-            "ackwal-socket",
-            "--seconds",
-            "0.3",
-            "--warmup",
-            "0.1",
-            "--dir",
-            str(tmp_path),
-            "--out",
-            str(out),
-        ],
+        [sys.executable, str(script), *args],
         cwd=ROOT,
         check=False,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_quick_comparison_of_ackwal_alone_writes_json_and_readable_plots(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run_benchmark(
+        COMPARE,
+        *("--quick", "--systems", "ackwal-socket", "--seconds", "0.3", "--warmup", "0.1"),
+        *("--dir", str(tmp_path), "--out", str(out)),
+        timeout=120,
+    )
 
     report = json.loads((out / "compare.json").read_text())
     assert report["settings"]["clients"] == [1, 64]
@@ -86,40 +83,19 @@ def test_quick_comparison_of_ackwal_alone_writes_json_and_readable_plots(tmp_pat
 
 
 def test_compare_help_names_every_system() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(COMPARE), "--help"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0
+    out = run_benchmark(COMPARE, "--help", timeout=60)
     for name in ("ackwal-socket", "ackwal-batch", "postgres", "sqlite-grouped", "nats-sync"):
-        assert name in proc.stdout
+        assert name in out
 
 
 def test_replication_benchmark_runs_modes_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "replication.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "replication.py"),
-            "--quick",
-            "--seconds",
-            "0.5",
-            "--modes",
-            "off,async,sync",
-            "--dir",
-            str(tmp_path),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    run_benchmark(
+        ROOT / "benchmarks" / "replication.py",
+        *("--quick", "--seconds", "0.5", "--modes", "off,async,sync"),
+        *("--dir", str(tmp_path), "--out", str(out)),
         timeout=180,
-        check=False,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [r["mode"] for r in rows] == ["off", "async", "sync"]
     for row in rows[1:]:
@@ -128,26 +104,11 @@ def test_replication_benchmark_runs_modes_side_by_side(tmp_path: Path) -> None:
 
 def test_server_cpu_harness_appends_everything_it_sends(tmp_path: Path) -> None:
     for batch in ("64", "0"):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "benchmarks" / "server_cpu.py"),
-                "--batch",
-                batch,
-                "--connections",
-                "4",
-                "--total",
-                "512",
-                "--dir",
-                str(tmp_path),
-            ],
-            cwd=ROOT,
-            check=False,
-            capture_output=True,
-            text=True,
+        out = run_benchmark(
+            ROOT / "benchmarks" / "server_cpu.py",
+            *("--batch", batch, "--connections", "4", "--total", "512", "--dir", str(tmp_path)),
             timeout=60,
         )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        row = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+        row = ast.literal_eval(out.strip().splitlines()[-1])
         assert row["entries"] == 512
         assert row["cpu_us_per_entry"] > 0 and row["mean_batch"] >= 1
