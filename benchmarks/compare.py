@@ -17,6 +17,12 @@ every step is bounded in time. Systems:
                    (ACK before fsync: NOT durable at ACK)
   nats-sync        the same with sync_interval: always (fsync before the ACK)
 
+Opt-in (named in --systems, never in the default run):
+
+  ackwal-nosync    ackwal-socket with sync_mode = none: no fdatasync at all, NOT durable. The
+                   socket path's CPU ceiling on this machine: what ackwal-socket would do if the
+                   disk cost nothing, measured in the same run as the others
+
 Then the duplicate-retry scenario: 10% of appends retry an earlier acknowledged request id; each
 answer is checked (the original id, flagged duplicate) and the stored records counted afterwards.
 Prints tables and the ratios against the targets, writes compare.json and two PNG plots to --out.
@@ -86,6 +92,7 @@ SYSTEMS = (
     "nats-default",
     "nats-sync",
 )
+OPT_IN_SYSTEMS = ("ackwal-nosync",)
 BATCH_ENTRIES = 64  # entries per append_batch request
 DUP_FRACTION = 0.10
 COMMAND_TYPE = "NewOrder"
@@ -385,14 +392,19 @@ class AckwalSocket(System):
     durable_at_ack = True
     dedup = ACKWAL_DEDUP
 
-    def __init__(self, batch: bool) -> None:
+    def __init__(self, batch: bool, sync_mode: str = "fdatasync") -> None:
         self.batch = batch
-        self.name = "ackwal-batch" if batch else "ackwal-socket"
-        self.label = (
-            f"ackwal, append_batch of {BATCH_ENTRIES} (entries/s)"
-            if batch
-            else "ackwal, append over socket"
-        )
+        self.sync_mode = sync_mode
+        if sync_mode == "none":
+            self.name = "ackwal-nosync"
+            self.label = "ackwal, append over socket WITHOUT fdatasync (ceiling, NOT durable)"
+            self.durable_at_ack = False
+        elif batch:
+            self.name = "ackwal-batch"
+            self.label = f"ackwal, append_batch of {BATCH_ENTRIES} (entries/s)"
+        else:
+            self.name = "ackwal-socket"
+            self.label = "ackwal, append over socket"
         self.entries_per_request = BATCH_ENTRIES if batch else 1
         self.proc: subprocess.Popen[bytes] | None = None
         self.data = self.sock = self.sockdir = ""
@@ -406,7 +418,7 @@ class AckwalSocket(System):
         self.sockdir = tempfile.mkdtemp(prefix="ackwal-cmp-")
         self.sock = os.path.join(self.sockdir, "ackwal.sock")
         self.proc = await asyncio.to_thread(
-            start_server, self.data, self.sock, "fdatasync", START_TIMEOUT
+            start_server, self.data, self.sock, self.sync_mode, START_TIMEOUT
         )
 
     async def connect(self) -> Client:
@@ -887,6 +899,7 @@ def make_system(name: str) -> System:
         "disk": Disk,
         "ackwal-socket": lambda: AckwalSocket(batch=False),
         "ackwal-batch": lambda: AckwalSocket(batch=True),
+        "ackwal-nosync": lambda: AckwalSocket(batch=False, sync_mode="none"),
         "ackwal-embedded": AckwalEmbedded,
         "postgres": Postgres,
         "sqlite": lambda: Sqlite(grouped=False),
@@ -1031,7 +1044,7 @@ def ratios(rows: list[dict[str, Any]], clients: int) -> dict[str, Any]:
     """Ratios at ``clients`` from this run's own rows, and each target met or not."""
     at = {r["system"]: r for r in rows if r["clients"] == clients}
     out: dict[str, Any] = {"clients": clients, "vs": {}, "targets": []}
-    for mine in ("ackwal-socket", "ackwal-batch", "ackwal-embedded"):
+    for mine in ("ackwal-socket", "ackwal-batch", "ackwal-embedded", "ackwal-nosync"):
         if mine not in at:
             continue
         for other, r in at.items():
@@ -1248,7 +1261,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="systems: " + ", ".join(SYSTEMS),
+        epilog="systems: "
+        + ", ".join(SYSTEMS)
+        + "; opt-in (not durable, never in the default run): "
+        + ", ".join(OPT_IN_SYSTEMS),
     )
     parser.add_argument(
         "--systems", default=",".join(SYSTEMS), help="comma-separated subset (default: all)"
@@ -1273,9 +1289,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup = 0.3 if args.quick else 1.0
     args.clients = [int(x) for x in args.clients.split(",")]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in args.systems if s not in SYSTEMS]
+    known = SYSTEMS + OPT_IN_SYSTEMS
+    unknown = [s for s in args.systems if s not in known]
     if unknown:
-        parser.error(f"unknown system(s) {', '.join(unknown)}; known: {', '.join(SYSTEMS)}")
+        parser.error(f"unknown system(s) {', '.join(unknown)}; known: {', '.join(known)}")
     # The CDF, the ratios and the duplicate scenario use 64 clients, or the nearest measured.
     args.cdf_clients = min(args.clients, key=lambda c: (abs(c - 64), -c))
     args.dup_clients = args.cdf_clients

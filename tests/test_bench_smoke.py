@@ -86,6 +86,24 @@ def test_compare_help_names_every_system() -> None:
     out = run_benchmark(COMPARE, "--help", timeout=60)
     for name in ("ackwal-socket", "ackwal-batch", "postgres", "sqlite-grouped", "nats-sync"):
         assert name in out
+    assert "opt-in (not durable, never in the default run): ackwal-nosync" in " ".join(out.split())
+
+
+def test_the_no_sync_ceiling_runs_only_when_named_and_is_labelled_not_durable(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    run_benchmark(
+        COMPARE,
+        *("--quick", "--systems", "ackwal-nosync", "--clients", "4", "--no-duplicates"),
+        *("--seconds", "0.3", "--warmup", "0.1", "--dir", str(tmp_path), "--out", str(out)),
+        timeout=120,
+    )
+    report = json.loads((out / "compare.json").read_text())
+    assert report["systems"]["ackwal-nosync"]["durable_at_ack"] is False
+    (row,) = report["rows"]
+    assert row["system"] == "ackwal-nosync" and row["durable_at_ack"] is False
+    assert row["acked_per_s"] > 0
 
 
 def test_replication_benchmark_runs_modes_side_by_side(tmp_path: Path) -> None:
