@@ -34,6 +34,11 @@ log = structlog.get_logger("wal")
 
 SyncMode = Literal["fdatasync", "fsync", "none"]
 SPARE_NAME = "spare.wal.tmp"
+# The spare's zeros go to disk 1 MiB at a time (fdatasync after each piece), not as one 64 MiB
+# writeback at the end: the active segment's fdatasync, on the same disk meanwhile, then queues
+# behind at most one piece. Default segments, 64 clients, two ABBA rounds: syncs over 10 ms
+# 1 and 4 against 6 and 12, p99.9 10.5-10.6 against 12.7-14.2 ms (docs/PERFORMANCE.md).
+SPARE_SYNC_BYTES = 1 << 20
 TMP_SUFFIX = ".tmp"
 _ZERO_CHUNK = bytes(1024 * 1024)
 
@@ -317,7 +322,10 @@ class SegmentWriter:
                 self.fs.unlink(path)
             handle = self.fs.open_write(path, create=True)
             try:
-                zero_fill(handle, 0, self.options.segment_size)
+                size = self.options.segment_size
+                for start in range(0, size, SPARE_SYNC_BYTES):
+                    zero_fill(handle, start, min(start + SPARE_SYNC_BYTES, size))
+                    handle.fdatasync()
                 handle.fsync()
             finally:
                 handle.close()

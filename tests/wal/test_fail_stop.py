@@ -20,7 +20,7 @@ import pytest
 from tests.wal.crashsim import Run, append_batches, reopen_and_check, script_batches
 from wal import DiskFullError, Wal, WalOptions, WriterFailedError
 from wal.faultfs import MUTATING_OPS, SYNC_OPS, FaultyFileLayer, FsCall, FsOp
-from wal.writer import SPARE_NAME
+from wal.writer import SPARE_NAME, SPARE_SYNC_BYTES
 
 SEGMENT_SIZE = 2048
 
@@ -190,7 +190,7 @@ def test_a_failure_while_creating_a_segment_stops_the_writer(
 
 
 @pytest.mark.parametrize("error", [errno.EIO, errno.ENOSPC], ids=["EIO", "ENOSPC"])
-@pytest.mark.parametrize("op", ["create", "write", "fsync"])
+@pytest.mark.parametrize("op", ["create", "write", "fdatasync", "fsync"])
 def test_a_failed_spare_preparation_falls_back_to_creating_the_segment_at_rotation(
     tmp_path: Path, op: FsOp, error: int
 ) -> None:
@@ -205,6 +205,25 @@ def test_a_failed_spare_preparation_falls_back_to_creating_the_segment_at_rotati
     assert len(created) == len(wal.segments())  # every rotation made its own segment
     fs.power_cut()
     reopen_and_check(str(tmp_path), fs, options, run)
+
+
+def test_the_spare_goes_to_disk_a_piece_at_a_time_then_is_fsynced_whole(tmp_path: Path) -> None:
+    """No WAL fdatasync should queue behind a whole segment of zeros (wal/writer.py)."""
+    fs = FaultyFileLayer()
+    size = 2 * SPARE_SYNC_BYTES + SPARE_SYNC_BYTES // 2
+    Wal.open(str(tmp_path), WalOptions(segment_size=size, preallocate=True), fs=fs).close()
+    spare = [c for c in fs.calls if is_spare(c) and c.op in ("write", "fdatasync", "fsync")]
+    assert [c.op for c in spare if c.op != "write"] == ["fdatasync"] * 3 + ["fsync"]
+    unsynced = written = 0
+    for call in spare:
+        if call.op == "write":
+            assert call.nbytes is not None
+            unsynced += call.nbytes
+            written += call.nbytes
+            assert unsynced <= SPARE_SYNC_BYTES
+        else:
+            unsynced = 0
+    assert written == size
 
 
 def test_disk_full_while_preparing_the_spare_and_at_rotation_raises_disk_full(
