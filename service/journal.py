@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 import uuid
 from collections import deque
@@ -49,9 +50,11 @@ from service.snapshots import Recovery, Snapshot, SnapshotInfo, Snapshots
 from service.turn import turn_flusher
 from service.writer_thread import WriterThread
 from wal import Record, RecordType, Wal, WalError, WalOptions
+from wal.aio import LinuxAio
 from wal.crc import IMPLEMENTATION as CRC_IMPLEMENTATION
 from wal.fileio import OS_FILES, FileLayer
 from wal.reader import SeqOutOfRangeError
+from wal.writer import StagedBatch
 
 log = structlog.get_logger("ackwal.journal")
 
@@ -150,6 +153,10 @@ class Journal:
         self._queue: deque[Pending] = deque()
         self._inflight: dict[bytes, Pending] = {}
         self._writing: list[Pending] = []
+        # Linux AIO for the batch syncs when available (see _start_write); the batch whose
+        # sync is in flight there, with the future its batcher awaits.
+        self._aio: LinuxAio | None = None
+        self._aio_batch: tuple[StagedBatch, asyncio.Future[int]] | None = None
         self._capacity = settings.queue_capacity
         self._wake: asyncio.Event = asyncio.Event()
         self._space: asyncio.Event = asyncio.Event()
@@ -306,6 +313,11 @@ class Journal:
                     index.add(rid, seq, recv_ms)
 
     def _start(self) -> None:
+        if not self.wal.readonly and self.settings.sync_mode != "none":
+            self._aio = LinuxAio.open()
+            if self._aio is not None:
+                asyncio.get_running_loop().add_reader(self._aio.fileno(), self._aio_completed)
+        log.info("journal.sync_path", journal=self.name, path=self.sync_path)
         self._tasks.append(asyncio.create_task(self._batch_loop(), name=f"batcher-{self.name}"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name=f"watchdog-{self.name}"))
         self.retention.start()
@@ -337,6 +349,7 @@ class Journal:
         await self.cursors.close()
         if not self.writer_stuck and self.halted is None and self.run_started_seq:
             await self._seal_run()
+        self._close_aio()
         if self.writer_stuck:
             self._writer.shutdown(wait=False)
         else:
@@ -364,6 +377,11 @@ class Journal:
         self._on_space.append(callback)
 
     # -- state --------------------------------------------------------------------------------
+
+    @property
+    def sync_path(self) -> str:
+        """How batches are synced: "linux-aio" from the event loop, or "writer-thread"."""
+        return "linux-aio" if self._aio is not None else "writer-thread"
 
     @property
     def queue_depth(self) -> int:
@@ -555,7 +573,83 @@ class Journal:
         started = time.perf_counter()
         arrived = [p.t for p in batch]
         self.metrics.queue_wait.observe_since(started, arrived)
+        if self._aio is not None:
+            done = self._start_aio_write(payloads)
+            if done is not None:
+                return batch, payloads, arrived, started, done
         return batch, payloads, arrived, started, self._writer.run(self.wal.append, payloads)
+
+    def _start_aio_write(self, payloads: list[bytes]) -> asyncio.Future[int] | None:
+        """Write the batch from this thread and submit its sync as Linux AIO: the writer
+        thread would first have to win the GIL from this busy loop (~0.2 ms median at 64
+        clients), then wake it again. None: the batch needs a new segment, so the writer
+        thread appends it (rotation syncs files and the directory, which must not block here).
+
+        The write itself is a ``pwrite`` into the page cache. The WAL's rules hold unchanged:
+        the batch becomes readable and its ACKs leave only after the sync completed, and a
+        sync that completes with an error fails the writer for good (``complete_append``).
+        """
+        assert self._aio is not None
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        try:
+            staged = self.wal.stage_append(payloads)
+        except WalError as exc:  # the write failed: the writer is failed for good
+            done.set_exception(exc)
+            return done
+        if staged is None:
+            return None
+        try:
+            self._aio.submit_sync(staged.fd, staged.datasync)
+        except OSError as exc:
+            # Not started, so not failed either: this batch's sync, and every later one,
+            # runs on the writer thread instead.
+            log.warning("journal.aio_unavailable", journal=self.name, error=str(exc))
+            self._close_aio()
+            return self._writer.run(self._sync_staged, staged)
+        self._aio_batch = (staged, done)
+        return done
+
+    def _sync_staged(self, staged: StagedBatch) -> int:
+        """On the writer thread: the sync AIO could not start, then the same completion."""
+        try:
+            if staged.datasync:
+                os.fdatasync(staged.fd)
+            else:
+                os.fsync(staged.fd)
+        except OSError as exc:
+            return self.wal.complete_append(staged, exc)  # raises: fail-stop
+        return self.wal.complete_append(staged)
+
+    def _aio_completed(self) -> None:
+        """The AIO eventfd is readable: complete the batch whose sync finished."""
+        assert self._aio is not None
+        error: OSError | None = None
+        try:
+            results = self._aio.reap()
+        except OSError as exc:  # the context failed: the sync's outcome is unknown
+            results, error = [-(exc.errno or 5)], exc
+        if not results or self._aio_batch is None:
+            return
+        staged, done = self._aio_batch
+        self._aio_batch = None
+        if error is None and results[0] < 0:
+            error = OSError(-results[0], os.strerror(-results[0]))
+        try:
+            first = self.wal.complete_append(staged, error)
+        except WalError as exc:
+            if not done.done():
+                done.set_exception(exc)
+            return
+        if not done.done():
+            done.set_result(first)
+
+    def _close_aio(self) -> None:
+        """Stop polling the AIO eventfd and release the context (left to the process's exit
+        if a sync is still in flight: see LinuxAio.close)."""
+        aio, self._aio = self._aio, None
+        if aio is not None:
+            asyncio.get_running_loop().remove_reader(aio.fileno())
+            aio.close()
 
     async def _batch_loop(self) -> None:
         latency = self.settings.max_batch_latency

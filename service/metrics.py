@@ -171,7 +171,7 @@ class AckwalCollector(Collector):
         )
         yield hist(
             "ackwal_fdatasync_duration_seconds",
-            "Duration of one batch write + sync on the writer thread.",
+            "Duration of one batch write + sync, from taking the batch to its sync's completion.",
             lambda j: j.metrics.fdatasync,
         )
         yield hist("ackwal_batch_entries", "Entries per committed batch.",

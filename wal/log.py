@@ -14,7 +14,7 @@ from wal.reader import SegmentReader
 from wal.recovery import RecoveryReport, recover
 from wal.replica import check_continuation
 from wal.scan import SegmentScan
-from wal.writer import SegmentWriter, WalOptions
+from wal.writer import SegmentWriter, StagedBatch, WalOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +146,31 @@ class Wal:
         self._chain_head = writer.chain_head
         self._last_seq = writer.next_seq - 1
         return first
+
+    def stage_append(
+        self, payloads: Sequence[bytes], record_type: int = RecordType.ENTRY
+    ) -> StagedBatch | None:
+        """Write ``payloads`` without syncing them, for a caller that syncs the returned
+        descriptor itself and then calls :meth:`complete_append`; None: use :meth:`append`
+        (see ``SegmentWriter.stage``)."""
+        return self._live_writer().stage(payloads, record_type)
+
+    def complete_append(self, staged: StagedBatch, error: OSError | None = None) -> int:
+        """Publish a staged batch after its sync returned, or fail the writer for good if the
+        sync failed (``error``); returns the seq of its first record."""
+        writer = self._live_writer()
+        first = writer.complete_staged(staged, error)
+        self._chain_head = writer.chain_head
+        self._last_seq = writer.next_seq - 1
+        return first
+
+    def _live_writer(self) -> SegmentWriter:
+        writer = self._writer
+        if writer is None:
+            if self.readonly:
+                raise ReadOnlyError(f"wal: {self.directory} is open read-only")
+            raise WriterFailedError(f"wal: {self.directory} is closed")
+        return writer
 
     def append_raw(self, records: Sequence[bytes]) -> int:
         """Append another log's records verbatim (replication) as one durable batch.

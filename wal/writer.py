@@ -4,6 +4,10 @@ One ``append`` = one ``pwrite`` of the whole encoded batch + one fdatasync. Any 
 write, a sync or a segment creation fails the writer for good (fail-stop): after a failed fsync
 the kernel may already have thrown the dirty pages away, so retrying could report lost data as
 durable. Every later call raises :class:`WriterFailedError`.
+
+A caller that can sync without blocking (Linux AIO from an event loop, service/journal.py) may
+split an append in two: ``stage`` writes the batch, the caller syncs the descriptor it names,
+``complete_staged`` publishes the batch or, if that sync failed, fails the writer the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Literal
 import structlog
 
 from wal.errors import DiskFullError, RecordTooLargeError, WriterFailedError
-from wal.fileio import Buffer, FileLayer, WriteHandle
+from wal.fileio import Buffer, FileLayer, OsWriteHandle, WriteHandle
 from wal.format import (
     DEFAULT_MAX_RECORD_SIZE,
     RECORD_HEADER_SIZE,
@@ -87,6 +91,18 @@ def zero_fill(handle: WriteHandle, start: int, end: int) -> None:
         pos += n
 
 
+@dataclass(frozen=True, slots=True)
+class StagedBatch:
+    """A batch written to the active segment but not synced yet (:meth:`SegmentWriter.stage`)."""
+
+    fd: int  # the descriptor to sync
+    datasync: bool  # fdatasync (True) or fsync (False), as sync_mode says
+    first: int
+    last_crc: int
+    lengths: list[int]  # payload lengths
+    nbytes: int  # bytes written
+
+
 class SegmentWriter:
     """Appends batches to the active segment and cuts new ones. Not thread-safe: one caller."""
 
@@ -107,6 +123,7 @@ class SegmentWriter:
         self.chain_head = chain_head
         self._on_segment = on_segment
         self._failed: BaseException | None = None
+        self._staged: StagedBatch | None = None
         self._handle: WriteHandle | None = None
         self._active: SegmentScan | None = None
         self._offset = 0
@@ -148,6 +165,61 @@ class SegmentWriter:
         Returns only after the sync returned; raises without side effects for a bad argument and
         fails the writer for good on any I/O error.
         """
+        self._check_payloads(payloads)
+        first = self.next_seq
+        buf, crc = encode_records(payloads, first, self.chain_head, record_type)
+        return self._write_batch(buf, first, crc, list(map(len, payloads)), "appending a batch")
+
+    def stage(
+        self, payloads: Sequence[bytes], record_type: int = RecordType.ENTRY
+    ) -> StagedBatch | None:
+        """Write ``payloads`` as one batch without syncing it; the caller syncs
+        ``StagedBatch.fd`` and then must call :meth:`complete_staged`, before anything else.
+
+        None, with nothing written, when the batch needs a new segment first, the file is not
+        an OS file (a fault-injecting layer) or nothing is synced (sync_mode none): use
+        :meth:`append`. Readers see nothing of a staged batch until it is completed. A failed
+        write fails the writer for good, as in append.
+        """
+        self._check_payloads(payloads)
+        handle = self._handle
+        if self.options.sync_mode == "none" or not isinstance(handle, OsWriteHandle):
+            return None
+        first = self.next_seq
+        buf, crc = encode_records(payloads, first, self.chain_head, record_type)
+        if self._active is None or (
+            self._offset > SEGMENT_HEADER_SIZE
+            and self._offset + len(buf) > self.options.segment_size
+        ):
+            return None
+        try:
+            write_all(handle, buf, self._offset)
+        except OSError as exc:
+            raise self._fail(exc, "appending a batch") from exc
+        staged = StagedBatch(
+            handle.fd,
+            self.options.sync_mode == "fdatasync",
+            first,
+            crc,
+            [len(p) for p in payloads],
+            len(buf),
+        )
+        self._staged = staged
+        return staged
+
+    def complete_staged(self, staged: StagedBatch, error: OSError | None = None) -> int:
+        """Publish ``staged`` once the caller's sync of its descriptor returned, and return its
+        first seq; if that sync failed (``error``), fail the writer for good and raise."""
+        if self._staged is not staged:
+            raise RuntimeError("complete_staged: not the batch this writer staged")
+        self._staged = None
+        if error is not None:
+            raise self._fail(error, "syncing a batch") from error
+        return self._publish(staged.nbytes, staged.first, staged.last_crc, staged.lengths)
+
+    def _check_payloads(self, payloads: Sequence[bytes]) -> None:
+        if self._staged is not None:
+            raise RuntimeError("a staged batch must be completed before the next write")
         if self._failed is not None:
             raise WriterFailedError(
                 f"wal: writer failed earlier and accepts nothing: {self._failed}"
@@ -160,13 +232,12 @@ class SegmentWriter:
                 raise RecordTooLargeError(
                     f"wal: record of {len(payload)} bytes exceeds the maximum {max_size}"
                 )
-        first = self.next_seq
-        buf, crc = encode_records(payloads, first, self.chain_head, record_type)
-        return self._write_batch(buf, first, crc, list(map(len, payloads)), "appending a batch")
 
     def append_encoded(self, buf: bytes, first: int, last_crc: int, lengths: list[int]) -> int:
         """Write records that are already encoded (wal/replica.py checked that they continue
         this log at ``next_seq``) as one batch and sync; the same fail-stop rules as append."""
+        if self._staged is not None:
+            raise RuntimeError("a staged batch must be completed before the next write")
         if self._failed is not None:
             raise WriterFailedError(
                 f"wal: writer failed earlier and accepts nothing: {self._failed}"
@@ -191,9 +262,14 @@ class SegmentWriter:
             self._sync()
         except OSError as exc:
             raise self._fail(exc, what) from exc
+        return self._publish(len(buf), first, last_crc, lengths)
+
+    def _publish(self, nbytes: int, first: int, last_crc: int, lengths: list[int]) -> int:
+        """Account a written and synced batch of ``nbytes`` at the end of the active segment."""
         seg = self._active
+        assert seg is not None
         start = self._offset
-        self._offset += len(buf)
+        self._offset += nbytes
         self._add_marks(seg, lengths, first, start, self._offset)
         self.next_seq = first + len(lengths)
         self.chain_head = last_crc
