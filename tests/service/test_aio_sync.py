@@ -52,20 +52,32 @@ async def append(journal: Journal, rid: bytes) -> int:
     return (await journal.append(rid, "test.cmd", command_for(rid))).seq
 
 
+async def append_many(journal: Journal, n: int) -> tuple[int, list[bytes]]:
+    """``n`` appends at once; they get gap-free seqs after ``base``. Returns (base, ids)."""
+    base = journal.last_seq
+    rids = [new_rid() for _ in range(n)]
+    seqs = await asyncio.gather(*(append(journal, rid) for rid in rids))
+    assert seqs == list(range(base + 1, base + n + 1))
+    return base, rids
+
+
+async def assert_read_back_after_reopen(
+    journal: Journal, settings: Settings, journals: list[Journal], base: int, rids: list[bytes]
+) -> None:
+    await journal.close()
+    reopened = await open_journal(settings, journals)
+    assert [e.request_id for e in reopened.read(base + 1, base + len(rids))] == rids
+
+
 async def test_appends_are_synced_through_linux_aio_across_segment_rotations(
     settings: Settings, journals: list[Journal]
 ) -> None:
     journal = await open_journal(settings, journals)
     assert journal.sync_path == "linux-aio"
-    base = journal.last_seq
-    rids = [new_rid() for _ in range(3000)]  # ~1 MiB of records: several new segments
-    seqs = await asyncio.gather(*(append(journal, rid) for rid in rids))
-    assert seqs == list(range(base + 1, base + 3001))
+    base, rids = await append_many(journal, 3000)  # ~1 MiB of records: several new segments
     assert len(journal.wal.segments()) >= 3
     assert journal.sync_path == "linux-aio"  # rotations went through the writer thread
-    await journal.close()
-    journal = await open_journal(settings, journals)
-    assert [e.request_id for e in journal.read(base + 1, base + 3000)] == rids
+    await assert_read_back_after_reopen(journal, settings, journals, base, rids)
 
 
 async def test_a_sync_that_completes_with_an_error_halts_and_nothing_is_acked_after(
@@ -96,20 +108,15 @@ async def test_a_refused_submit_moves_the_syncs_to_the_writer_thread_and_loses_n
     settings: Settings, journals: list[Journal], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     journal = await open_journal(settings, journals)
-    base = journal.last_seq
 
     def refused(self: LinuxAio, fd: int, datasync: bool) -> None:
         raise OSError(errno.EAGAIN, "io_submit: Resource temporarily unavailable")
 
     monkeypatch.setattr(LinuxAio, "submit_sync", refused)
-    rids = [new_rid() for _ in range(200)]
-    seqs = await asyncio.gather(*(append(journal, rid) for rid in rids))
-    assert seqs == list(range(base + 1, base + 201))
+    base, rids = await append_many(journal, 200)
     assert journal.sync_path == "writer-thread"
     assert journal.halted is None
-    await journal.close()
-    journal = await open_journal(settings, journals)
-    assert [e.request_id for e in journal.read(base + 1, base + 200)] == rids
+    await assert_read_back_after_reopen(journal, settings, journals, base, rids)
 
 
 async def test_a_sync_that_never_completes_halts_after_the_threshold_and_close_returns(
