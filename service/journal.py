@@ -9,6 +9,7 @@ in-process callers), only after the batch's fdatasync returned and in seq order.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import time
@@ -605,20 +606,9 @@ class Journal:
             # runs on the writer thread instead.
             log.warning("journal.aio_unavailable", journal=self.name, error=str(exc))
             self._close_aio()
-            return self._writer.run(self._sync_staged, staged)
+            return self._writer.run(self.wal.sync_and_complete_append, staged)
         self._aio_batch = (staged, done)
         return done
-
-    def _sync_staged(self, staged: StagedBatch) -> int:
-        """On the writer thread: the sync AIO could not start, then the same completion."""
-        try:
-            if staged.datasync:
-                os.fdatasync(staged.fd)
-            else:
-                os.fsync(staged.fd)
-        except OSError as exc:
-            return self.wal.complete_append(staged, exc)  # raises: fail-stop
-        return self.wal.complete_append(staged)
 
     def _aio_completed(self) -> None:
         """The AIO eventfd is readable: complete the batch whose sync finished."""
@@ -627,7 +617,7 @@ class Journal:
         try:
             results = self._aio.reap()
         except OSError as exc:  # the context failed: the sync's outcome is unknown
-            results, error = [-(exc.errno or 5)], exc
+            results, error = [-(exc.errno or errno.EIO)], exc
         if not results or self._aio_batch is None:
             return
         staged, done = self._aio_batch

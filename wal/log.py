@@ -164,6 +164,15 @@ class Wal:
         self._last_seq = writer.next_seq - 1
         return first
 
+    def sync_and_complete_append(self, staged: StagedBatch) -> int:
+        """Sync a staged batch here (the caller's own sync could not start), then complete
+        it as :meth:`complete_append` does."""
+        writer = self._live_writer()
+        first = writer.sync_staged(staged)
+        self._chain_head = writer.chain_head
+        self._last_seq = writer.next_seq - 1
+        return first
+
     def _live_writer(self) -> SegmentWriter:
         writer = self._writer
         if writer is None:

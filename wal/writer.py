@@ -217,6 +217,15 @@ class SegmentWriter:
             raise self._fail(error, "syncing a batch") from error
         return self._publish(staged.nbytes, staged.first, staged.last_crc, staged.lengths)
 
+    def sync_staged(self, staged: StagedBatch) -> int:
+        """Sync ``staged`` here, as ``append`` would have (for a caller whose own sync could
+        not be started), then complete it the same way."""
+        try:
+            self._sync()
+        except OSError as exc:
+            return self.complete_staged(staged, exc)  # raises: fail-stop
+        return self.complete_staged(staged)
+
     def _check_payloads(self, payloads: Sequence[bytes]) -> None:
         if self._staged is not None:
             raise RuntimeError("a staged batch must be completed before the next write")

@@ -94,3 +94,16 @@ def test_a_staged_batch_must_be_completed_before_anything_else_is_written(tmp_pa
             wal.complete_append(other)
         wal.complete_append(staged)
         assert wal.append([b"b"]) == staged.first + 1
+
+
+def test_a_staged_batch_can_be_synced_by_the_wal_itself_when_the_caller_cannot(
+    tmp_path: Path,
+) -> None:
+    with Wal.open(str(tmp_path), OPTIONS) as wal:
+        staged = wal.stage_append([b"synced by the wal"])
+        assert staged is not None
+        assert wal.sync_and_complete_append(staged) == staged.first
+        assert wal.last_seq == staged.first
+    with Wal.open(str(tmp_path), OPTIONS) as wal:
+        rec = wal.get(staged.first)
+        assert rec is not None and rec.payload == b"synced by the wal"
