@@ -137,15 +137,8 @@ class Wal:
 
     def append(self, payloads: Sequence[bytes], record_type: int = RecordType.ENTRY) -> int:
         """Append ``payloads`` as one durable batch; return the seq of the first one."""
-        writer = self._writer
-        if writer is None:
-            if self.readonly:
-                raise ReadOnlyError(f"wal: {self.directory} is open read-only")
-            raise WriterFailedError(f"wal: {self.directory} is closed")
-        first = writer.append(payloads, record_type)
-        self._chain_head = writer.chain_head
-        self._last_seq = writer.next_seq - 1
-        return first
+        writer = self._live_writer()
+        return self._written(writer, writer.append(payloads, record_type))
 
     def stage_append(
         self, payloads: Sequence[bytes], record_type: int = RecordType.ENTRY
@@ -159,16 +152,16 @@ class Wal:
         """Publish a staged batch after its sync returned, or fail the writer for good if the
         sync failed (``error``); returns the seq of its first record."""
         writer = self._live_writer()
-        first = writer.complete_staged(staged, error)
-        self._chain_head = writer.chain_head
-        self._last_seq = writer.next_seq - 1
-        return first
+        return self._written(writer, writer.complete_staged(staged, error))
 
     def sync_and_complete_append(self, staged: StagedBatch) -> int:
         """Sync a staged batch here (the caller's own sync could not start), then complete
         it as :meth:`complete_append` does."""
         writer = self._live_writer()
-        first = writer.sync_staged(staged)
+        return self._written(writer, writer.sync_staged(staged))
+
+    def _written(self, writer: SegmentWriter, first: int) -> int:
+        """After a durable batch: the log's head and last seq follow the writer's."""
         self._chain_head = writer.chain_head
         self._last_seq = writer.next_seq - 1
         return first
@@ -188,18 +181,12 @@ class Wal:
         written; the first misfit raises :class:`wal.replica.DivergenceError` naming its seq.
         ``records`` must not span two of the source's batches (see wal/replica.py).
         """
-        writer = self._writer
-        if writer is None:
-            if self.readonly:
-                raise ReadOnlyError(f"wal: {self.directory} is open read-only")
-            raise WriterFailedError(f"wal: {self.directory} is closed")
+        writer = self._live_writer()
         batch = check_continuation(
             records, writer.next_seq, writer.chain_head, self.options.max_record_size
         )
         first = writer.append_encoded(batch.data, batch.first_seq, batch.last_crc, batch.lengths)
-        self._chain_head = writer.chain_head
-        self._last_seq = writer.next_seq - 1
-        return first
+        return self._written(writer, first)
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -226,13 +226,16 @@ class SegmentWriter:
             return self.complete_staged(staged, exc)  # raises: fail-stop
         return self.complete_staged(staged)
 
-    def _check_payloads(self, payloads: Sequence[bytes]) -> None:
+    def _check_writable(self) -> None:
         if self._staged is not None:
             raise RuntimeError("a staged batch must be completed before the next write")
         if self._failed is not None:
             raise WriterFailedError(
                 f"wal: writer failed earlier and accepts nothing: {self._failed}"
             )
+
+    def _check_payloads(self, payloads: Sequence[bytes]) -> None:
+        self._check_writable()
         if not payloads:
             raise ValueError("append needs at least one payload")
         max_size = self.options.max_record_size
@@ -245,12 +248,7 @@ class SegmentWriter:
     def append_encoded(self, buf: bytes, first: int, last_crc: int, lengths: list[int]) -> int:
         """Write records that are already encoded (wal/replica.py checked that they continue
         this log at ``next_seq``) as one batch and sync; the same fail-stop rules as append."""
-        if self._staged is not None:
-            raise RuntimeError("a staged batch must be completed before the next write")
-        if self._failed is not None:
-            raise WriterFailedError(
-                f"wal: writer failed earlier and accepts nothing: {self._failed}"
-            )
+        self._check_writable()
         if first != self.next_seq:
             raise ValueError(f"append_encoded: first seq {first} is not {self.next_seq}")
         return self._write_batch(buf, first, last_crc, lengths, "appending replicated records")
