@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import resource
 import signal
 import socket
@@ -22,18 +23,24 @@ COMMAND = os.urandom(256)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+# Request ids come from a Mersenne Twister seeded from os.urandom (again in each forked child):
+# ids must be unique, not unpredictable. 0.29 against 0.95 us per id from os.urandom (one
+# getrandom call each), which every closed-loop client pays per request.
+_ids = random.Random()
+_VERSION_VARIANT_MASK = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_VERSION_4_RFC_4122 = (0x4 << 76) | (0x2 << 62)
+os.register_at_fork(after_in_child=_ids.seed)
+
+
 def new_request_id() -> bytes:
     """A fresh random UUID (version 4, RFC 4122) as 16 bytes, for every system's workload.
 
-    ``uuid.uuid4().bytes`` builds a UUID object around the bytes: 2.2 us here against 0.65 us,
-    a cost every closed-loop client pays per request. The generator must not weigh on the
-    systems it measures, least of all on the client-bound ones (JetStream's nats-py client
-    runs at a full core).
+    Not ``uuid.uuid4().bytes`` (2.2 us: it builds a UUID object) nor ``os.urandom`` (0.95 us):
+    the generator must not weigh on the systems it measures, least of all on the client-bound
+    ones (JetStream's nats-py client runs at a full core).
     """
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return bytes(b)
+    bits = (_ids.getrandbits(128) & _VERSION_VARIANT_MASK) | _VERSION_4_RFC_4122
+    return bits.to_bytes(16, "big")
 
 
 def _stat_fields(pid: int) -> list[str]:
