@@ -130,3 +130,44 @@ def test_server_cpu_harness_appends_everything_it_sends(tmp_path: Path) -> None:
         row = ast.literal_eval(out.strip().splitlines()[-1])
         assert row["entries"] == 512
         assert row["cpu_us_per_entry"] > 0 and row["mean_batch"] >= 1
+
+
+def test_targets_are_judged_on_the_median_of_the_ratio_rounds() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def row(system: str, acked: int, p99: float, round_no: int) -> dict[str, object]:
+        return {
+            "system": system,
+            "clients": 64,
+            "acked_per_s": acked,
+            "p99_ms": p99,
+            "round": round_no,
+        }
+
+    rounds = [
+        row("ackwal-socket", 40_000, 4.0, 1),
+        row("postgres", 10_000, 12.0, 1),
+        row("ackwal-socket", 30_000, 5.0, 2),
+        row("postgres", 10_000, 10.0, 2),
+        row("ackwal-socket", 45_000, 5.0, 3),
+        row("postgres", 10_000, 10.0, 3),
+        row("ackwal-socket", 50_000, 1.0, 4),  # a round postgres did not finish: no ratio
+    ]
+    sweep = [r for r in rounds if r["round"] == 1]
+    result = compare.ratios(sweep, 64, rounds)
+    assert result["vs"]["ackwal-socket / postgres"] == {"throughput": 4.0, "p99": 0.33}
+    by_target = {t["target"]: t for t in result["targets"]}
+    throughput = by_target["ackwal-socket throughput >= 4x postgres"]
+    assert throughput["per_round"] == [4.0, 3.0, 4.5]
+    assert throughput["ratio"] == 4.0 and throughput["met"] is True
+    p99 = by_target["ackwal-socket p99 < postgres p99"]
+    assert p99["per_round"] == [0.33, 0.5, 0.5] and p99["ratio"] == 0.5 and p99["met"] is True
+    nats = by_target["ackwal-socket throughput >= 1.5x nats-default"]
+    assert nats["per_round"] == [] and nats["ratio"] is None and nats["met"] is None
+    # Without rounds (a sweep alone), the sweep's own point is the only round.
+    alone = {t["target"]: t for t in compare.ratios(sweep, 64)["targets"]}
+    assert alone["ackwal-socket throughput >= 4x postgres"]["per_round"] == [4.0]
