@@ -296,11 +296,11 @@ class Connection(asyncio.Protocol, SubscriberSink):
             if op in ("append", "append_batch"):
                 self._count_rejected(message, exc.code)
             self._reply_error(rid, exc.code, exc.message)
-        except AckwalError as exc:
-            self._reply_error(rid, exc.code, exc.message)
-        except Exception as exc:  # a bug must cost this request, never the service
+        except AckwalError as err:  # each clause its own name: compiled (mypyc), exc is typed once
+            self._reply_error(rid, err.code, err.message)
+        except Exception as bug:  # a bug must cost this request, never the service
             log.exception("connection.internal_error", op=op)
-            self._reply_error(rid, ErrorCode.INTERNAL, f"internal error: {exc}")
+            self._reply_error(rid, ErrorCode.INTERNAL, f"internal error: {bug}")
 
     def _refuse_while_stopping(self, message: dict[str, Any], rid: int) -> None:
         name = message.get("journal", "main")

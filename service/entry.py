@@ -328,7 +328,7 @@ def entry_map(
     command_type: str,
     command: bytes,
     response: bytes | None = None,
-    events: Iterable[dict[str, Any]] = (),
+    events: Iterable[Event | dict[str, Any]] = (),
     ts_ms: int | None = None,
     pre_digest: bytes | None = None,
     post_digest: bytes | None = None,
@@ -347,7 +347,7 @@ def entry_map(
     if response is not None:
         m["response"] = response
     if events:
-        m["events"] = [e.to_wire() if hasattr(e, "to_wire") else e for e in events]
+        m["events"] = [e.to_wire() if isinstance(e, Event) else e for e in events]
     if ts_ms is not None:
         m["ts_ms"] = ts_ms
     if pre_digest is not None:

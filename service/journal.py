@@ -31,6 +31,7 @@ import structlog
 from service.cursors import CursorStore, check_name
 from service.entry import (
     AppendResult,
+    Event,
     PreparedEntry,
     StoredEntry,
     decode_entry,
@@ -828,7 +829,7 @@ class Journal:
         command: bytes,
         *,
         response: bytes | None = None,
-        events: Iterable[dict[str, Any]] = (),
+        events: Iterable[Event | dict[str, Any]] = (),
         ts_ms: int | None = None,
         pre_digest: bytes | None = None,
         post_digest: bytes | None = None,
