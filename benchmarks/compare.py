@@ -63,7 +63,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -959,13 +959,40 @@ async def bounded(coro: Any, seconds: float, what: str) -> Any:
         raise RuntimeError(f"{what} did not finish within {seconds:.0f}s") from None
 
 
+async def run_started(
+    system: System,
+    name: str,
+    base: str,
+    report: dict[str, Any],
+    body: Callable[[], Awaitable[None]],
+    context: str = "",
+) -> None:
+    """Start ``system`` in ``base``/main, run ``body``, then stop it and delete ``base``. A
+    failure (starting, or in ``body``) is recorded in the report and printed, not raised: the
+    other systems still run."""
+    prefix = f"{context}: " if context else ""
+    try:
+        await bounded(system.start(os.path.join(base, "main")), START_TIMEOUT, f"{name} start")
+        await body()
+    except Exception as exc:
+        message = f"{prefix}{type(exc).__name__}: {exc}"
+        report["errors"].append({"system": name, "error": message})
+        print(f"  {name} FAILED: {message}", flush=True)
+        traceback.print_exc()
+    finally:
+        try:
+            await bounded(system.stop(), STOP_TIMEOUT + 10, f"{name} stop")
+        except Exception as exc:
+            report["errors"].append({"system": name, "error": f"{prefix}stop: {exc}"})
+        shutil.rmtree(base, ignore_errors=True)
+
+
 async def run_system(
     name: str, args: argparse.Namespace, work: str, report: dict[str, Any]
 ) -> None:
     system = make_system(name)
     base = os.path.join(work, name)
-    os.mkdir(base)
-    os.mkdir(os.path.join(base, "main"))
+    os.makedirs(os.path.join(base, "main"))
     point_bound = args.warmup + args.seconds + 120
     report["systems"][name] = {
         "label": system.label,
@@ -973,8 +1000,8 @@ async def run_system(
         "dedup": system.dedup or None,
         "entries_per_request": system.entries_per_request,
     }
-    try:
-        await bounded(system.start(os.path.join(base, "main")), START_TIMEOUT, f"{name} start")
+
+    async def measure() -> None:
         if isinstance(system, Postgres):
             report["systems"][name]["settings"] = system.settings
         for n in args.clients:
@@ -1019,17 +1046,8 @@ async def run_system(
                 f"{'OK' if dup['one_record_per_id'] else 'FAILED'}",
                 flush=True,
             )
-    except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        report["errors"].append({"system": name, "error": message})
-        print(f"  {name} FAILED: {message}", flush=True)
-        traceback.print_exc()
-    finally:
-        try:
-            await bounded(system.stop(), STOP_TIMEOUT + 10, f"{name} stop")
-        except Exception as exc:
-            report["errors"].append({"system": name, "error": f"stop: {exc}"})
-        shutil.rmtree(base, ignore_errors=True)
+
+    await run_started(system, name, base, report, measure)
 
 
 # ackwal-socket and the systems its targets compare it with (TARGETS), in ratio-round order.
@@ -1044,28 +1062,19 @@ async def run_round_point(
     base = os.path.join(work, f"{name}-round{round_no}")
     os.makedirs(os.path.join(base, "main"))
     n = args.cdf_clients
-    try:
-        await bounded(system.start(os.path.join(base, "main")), START_TIMEOUT, f"{name} start")
+    rows: list[dict[str, Any]] = []
+
+    async def measure() -> None:
         m = await bounded(
             system.point(n, args.seconds, args.warmup),
             args.warmup + args.seconds + 120,
             f"{name} at {n} clients, round {round_no}",
         )
-        row = {**row_of(system, n, m), "round": round_no}
-        print(_line(row), flush=True)
-        return row
-    except Exception as exc:
-        message = f"round {round_no}: {type(exc).__name__}: {exc}"
-        report["errors"].append({"system": name, "error": message})
-        print(f"  {name} FAILED: {message}", flush=True)
-        traceback.print_exc()
-        return None
-    finally:
-        try:
-            await bounded(system.stop(), STOP_TIMEOUT + 10, f"{name} stop")
-        except Exception as exc:
-            report["errors"].append({"system": name, "error": f"round {round_no} stop: {exc}"})
-        shutil.rmtree(base, ignore_errors=True)
+        rows.append({**row_of(system, n, m), "round": round_no})
+        print(_line(rows[0]), flush=True)
+
+    await run_started(system, name, base, report, measure, f"round {round_no}")
+    return rows[0] if rows else None
 
 
 async def run_ratio_rounds(args: argparse.Namespace, work: str, report: dict[str, Any]) -> None:
