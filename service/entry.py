@@ -347,7 +347,7 @@ def entry_map(
     if response is not None:
         m["response"] = response
     if events:
-        m["events"] = [e.to_wire() if isinstance(e, Event) else e for e in events]
+        m["events"] = [e.to_wire() if hasattr(e, "to_wire") else e for e in events]
     if ts_ms is not None:
         m["ts_ms"] = ts_ms
     if pre_digest is not None:
