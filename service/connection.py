@@ -25,7 +25,7 @@ from service import snapshots as snapshot_ops
 from service.cursors import check_name as check_cursor_name
 from service.entry import APPEND_FIELDS, ENTRY_FIELDS, check_request_id, prepare_entry
 from service.errors import AckwalError
-from service.fanout import SubscriberSink, Subscription
+from service.fanout import Subscription
 from service.journal import Journal, now_ms
 from service.protocol import (
     PROTOCOL_VERSION,
@@ -108,7 +108,7 @@ class LookupReply:
         self.conn.answered(encode_error(token, code, message), count=False)
 
 
-class Connection(asyncio.Protocol, SubscriberSink):
+class Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self._journals = server.journals

@@ -41,7 +41,7 @@ from service.entry import (
     prepare_entry,
 )
 from service.errors import AckwalError, error_from_code
-from service.fanout import Fanout, SubscriberSink
+from service.fanout import Fanout
 from service.idempotency import IdempotencyIndex
 from service.metrics import JournalMetrics
 from service.protocol import ErrorCode
@@ -49,6 +49,7 @@ from service.retention import Retention
 from service.runs import RunStartTimeoutError, last_run, run_sealed_payload, run_started_payload
 from service.settings import Settings, parse_type_list
 from service.snapshots import Recovery, Snapshot, SnapshotInfo, Snapshots
+from service.subscription import entries
 from service.turn import turn_flusher
 from service.writer_thread import WriterThread
 from wal import Record, RecordType, Wal, WalError, WalOptions
@@ -924,25 +925,12 @@ class Journal:
         """The newest valid snapshot and every entry after its anchor (history, then live)."""
         return await self.snapshots.recover()
 
-    async def subscribe(
+    def subscribe(
         self, from_seq: int | None = None, *, cursor: str | None = None
     ) -> AsyncIterator[StoredEntry]:
         """Durable entries from ``from_seq`` (default 1), or right after ``cursor``'s committed
         seq: history, then live, with no gap and no duplicate."""
-        if cursor is not None:
-            from_seq = self.cursor_start(cursor, from_seq)
-        sink = QueueSubscriber()
-        sub = self.fanout.subscribe(sink, 0, 1 if from_seq is None else from_seq)
-        try:
-            while True:
-                item = await sink.queue.get()
-                if isinstance(item, AckwalError):
-                    raise item
-                seq, rtype, payload = item
-                if rtype == RecordType.ENTRY:
-                    yield decode_entry(seq, payload)
-        finally:
-            self.fanout.unsubscribe(sub)
+        return entries(self, from_seq, cursor)
 
 
 def _normalise(entry: dict[str, Any]) -> dict[str, Any]:
@@ -950,30 +938,3 @@ def _normalise(entry: dict[str, Any]) -> dict[str, Any]:
     if isinstance(rid, uuid.UUID):
         entry = {**entry, "request_id": rid.bytes}
     return entry
-
-
-class QueueSubscriber(SubscriberSink):
-    """Subscriber sink for in-process iteration: an unbounded queue fed from the WAL's pace."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[int, int, bytes] | AckwalError] = asyncio.Queue()
-
-    def push(self, sub_id: Any, first_seq: int, record_type: int, payloads: list[bytes]) -> None:
-        seq = first_seq
-        for payload in payloads:
-            self.queue.put_nowait((seq, record_type, payload))
-            seq += 1
-
-    def push_records(self, sub_id: Any, records: list[Record]) -> None:
-        for rec in records:
-            self.queue.put_nowait((rec.seq, rec.type, rec.payload))
-
-    def can_push(self) -> bool:
-        return self.queue.qsize() < 10_000
-
-    async def wait_writable(self) -> None:
-        while self.queue.qsize() >= 1_000:
-            await asyncio.sleep(0.001)
-
-    def end(self, sub_id: Any, error: AckwalError) -> None:
-        self.queue.put_nowait(error)

@@ -315,8 +315,11 @@ async def test_journal_full_refuses_appends_and_they_resume_once_space_is_freed(
             assert (await client.append(new_rid(), "Pad", struct.pack("<q", 1))).seq > last
 
 
-class StalledReader(SubscriberSink):
-    """A subscriber that never has room: its subscription stays where it started."""
+class StalledReader:
+    """A subscriber that never has room: its subscription stays where it started.
+
+    A :class:`SubscriberSink` by shape: the protocol may be compiled, and interpreted classes
+    cannot inherit from compiled ones."""
 
     def __init__(self) -> None:
         self.room = asyncio.Event()
@@ -350,7 +353,8 @@ async def test_a_subscriber_still_catching_up_holds_back_retention(
     ):
         journal = svc.journals["main"]
         await fill(client, 300)
-        sub = journal.fanout.subscribe(StalledReader(), 1, 2)
+        reader: SubscriberSink = StalledReader()
+        sub = journal.fanout.subscribe(reader, 1, 2)
         await journal.retention.run_once()
         assert journal.wal.first_seq <= 2
         journal.fanout.unsubscribe(sub)
