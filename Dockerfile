@@ -3,7 +3,7 @@
 # docker-compose.yml). tests/test_container.py keeps this file honest without a Docker engine:
 # hadolint, the entrypoint command run as a subprocess, the HEALTHCHECK run against it.
 
-# ---- builder: compile every wheel, crcmod's C extension included ----------------------------------
+# ---- builder: every wheel, with crcmod's C extension and ackwal's mypyc-compiled modules -----------
 FROM python:3.11-slim AS builder
 
 # gcc and the libc headers build crcmod's C extension (crcmod ships only an sdist). Versions are
@@ -13,16 +13,28 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
+# mypyc (part of mypy) compiles the append path's modules to C extensions (setup.py,
+# service/build.py): ~20 % more acked appends/s at 64 clients (docs/PERFORMANCE.md, "Compiled
+# modules"). The same mypy version as the dev extras, whose compiled build `make test` tests.
+RUN pip install --no-cache-dir mypy==2.4.1 setuptools==80.9.0 wheel==0.45.1
+
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY wal ./wal
 COPY service ./service
 
-# crcmod silently falls back to pure Python (about 25x slower CRC-32C) when its C extension does
-# not compile, so the build fails here unless crcmod._crcfunext imports from the built wheels.
+# The dependencies' wheels first (crcmod from its sdist), installed here too: mypyc type-checks
+# ackwal against them. Then ackwal's own wheel, compiled. Two checks stop the build rather than
+# ship slow code: ackwal's compiled modules must load from the installed wheel (-I: not from the
+# sources in /src), and crcmod's C extension must import (without it crcmod silently falls back
+# to pure Python, about 25x slower CRC-32C).
 RUN pip wheel --no-cache-dir --wheel-dir /wheels --no-binary crcmod . \
+    && rm /wheels/ackwal-*.whl \
+    && pip install --no-cache-dir --no-index --find-links /wheels /wheels/*.whl \
+    && ACKWAL_MYPYC=1 pip wheel --no-cache-dir --no-build-isolation --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/check \
     && /opt/check/bin/pip install --no-cache-dir --no-index --find-links /wheels /wheels/ackwal-*.whl \
+    && /opt/check/bin/python -I -c "import service.build; service.build.require_compiled()" \
     && /opt/check/bin/python -c "import crcmod._crcfunext, wal.crc; print('crcmod C extension: ok')"
 
 # ---- runtime: the wheels only, no compiler ---------------------------------------------------------
@@ -47,6 +59,7 @@ RUN groupadd --system --gid 10001 ackwal \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --root-user-action=ignore --no-index --find-links /wheels \
        /wheels/ackwal-*.whl \
+    && python -I -c "import service.build; service.build.require_compiled()" \
     && python -c "import crcmod._crcfunext, wal.crc"
 
 COPY config/ackwal.container.toml /etc/ackwal/ackwal.toml

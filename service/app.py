@@ -20,6 +20,7 @@ import structlog
 import uvloop
 
 from service import __version__
+from service.build import describe as describe_build
 from service.cursors import CursorFileError
 from service.journal import Journal
 from service.metrics import MetricsEndpoint
@@ -122,6 +123,7 @@ class Service:
         log.info(
             "service.ready",
             version=__version__,
+            build=describe_build(),
             socket=self.server.socket_path,
             data_dir=main.wal.directory,
             last_seq=main.last_seq,

@@ -11,6 +11,7 @@ import uvloop
 
 from service import __version__
 from service.app import run_service
+from service.build import describe as describe_build
 from service.logs import configure_logging
 from service.replication.promote import PromoteError, promote
 from service.settings import SPECS, SettingsError, load_settings
@@ -67,7 +68,11 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, flags=_flags(args))
     configure_logging(settings.log_format, settings.log_level)
-    print(f"ackwal {__version__}: serving on {settings.socket_path}", file=sys.stderr, flush=True)
+    print(
+        f"ackwal {__version__} ({describe_build()}): serving on {settings.socket_path}",
+        file=sys.stderr,
+        flush=True,
+    )
     return run_service(settings)
 
 
@@ -75,8 +80,8 @@ def cmd_follow(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, flags=_flags(args))
     configure_logging(settings.log_format, settings.log_level)
     print(
-        f"ackwal {__version__}: standby following {settings.replication_nats_url}, "
-        f"serving reads on {settings.socket_path}",
+        f"ackwal {__version__} ({describe_build()}): standby following "
+        f"{settings.replication_nats_url}, serving reads on {settings.socket_path}",
         file=sys.stderr,
         flush=True,
     )
@@ -116,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ackwal",
         description="ackwal: a durable journal for trading engines (an ACK means on disk).",
     )
-    parser.add_argument("--version", action="version", version=f"ackwal {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"ackwal {__version__} ({describe_build()})"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(

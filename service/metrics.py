@@ -28,6 +28,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 
 from service import __version__
+from service.build import compiled_modules
 from service.protocol import PROTOCOL_VERSION
 from service.replication.metrics import replication_families
 from wal import FORMAT_VERSION
@@ -146,6 +147,7 @@ class AckwalCollector(Collector):
                 "version": __version__,
                 "format_version": str(FORMAT_VERSION),
                 "protocol_version": str(PROTOCOL_VERSION),
+                "compiled_modules": str(len(compiled_modules())),
             },
         )
         yield info
@@ -284,14 +286,14 @@ class MetricsEndpoint:
         )
         self.port: int = self._httpd.server_port
         self.host = host
-        self._thread = threading.Thread(
+        self._serve_thread = threading.Thread(
             target=self._httpd.serve_forever, name="ackwal-metrics", daemon=True
         )
 
     def start(self) -> None:
-        self._thread.start()
+        self._serve_thread.start()
 
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
-        self._thread.join(5)
+        self._serve_thread.join(5)

@@ -264,6 +264,48 @@ def test_the_build_fails_unless_crcmods_c_extension_imports(tmp_path: Path) -> N
     assert "crcmod._crcfunext" in failed.stderr
 
 
+def compiled_check(stage: int) -> list[str]:
+    """The ``python -I -c`` command of ``stage`` that requires ackwal's compiled modules."""
+    ins = [i for i in dockerfile() if i.stage == stage and i.keyword == "RUN"]
+    found = [c for i in ins for c in run_commands(i) if "require_compiled" in " ".join(c)]
+    assert len(found) == 1, f"stage {stage} must require the compiled modules exactly once"
+    argv = found[0]
+    assert Path(argv[0]).name == "python" and argv[1:3] == ["-I", "-c"] and len(argv) == 4
+    return argv
+
+
+def test_the_image_ships_the_compiled_build_and_fails_without_it() -> None:
+    (build,) = [
+        i for i in dockerfile() if i.stage == 0 and i.keyword == "RUN" and "pip wheel" in i.value
+    ]
+    commands = [shlex.join(c) for c in run_commands(build)]
+    compile_at = next(n for n, c in enumerate(commands) if c.startswith("ACKWAL_MYPYC=1 pip wheel"))
+    compiled = commands[compile_at]
+    assert "--no-build-isolation" in compiled and "--no-deps" in compiled
+    # mypyc type-checks against the dependencies: they are installed before it runs.
+    assert any(c.startswith("pip install") for c in commands[:compile_at])
+    # The image compiles with the mypy that type-checks the code and compiles `make test`'s build.
+    pins = re.findall(r"\bmypy==(\S+)", " ".join(i.value for i in dockerfile() if i.stage == 0))
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert pins == [d.split("==")[1] for d in dev["dev"] if d.startswith("mypy==")]
+    builder_check = compiled_check(0)
+    assert builder_check[0] == "/opt/check/bin/python"
+    assert commands.index(shlex.join(builder_check)) > compile_at
+    assert compiled_check(1)[3] == builder_check[3]
+
+    # The check, run here: it passes only where the compiled modules load.
+    code = builder_check[3]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if os.environ.get("ACKWAL_EXPECT_COMPILED") == "1":  # make pytest-compiled
+        assert result.returncode == 0, result.stderr
+        assert "mypyc-compiled" in result.stdout
+    else:
+        assert result.returncode != 0
+        assert "not loaded as compiled extensions: service.connection" in result.stderr
+
+
 def test_the_service_runs_as_a_non_root_user_that_owns_its_volumes() -> None:
     instructions = dockerfile()
     runtime = [i for i in instructions if i.stage == 1]
@@ -374,6 +416,7 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     needed = [
         "pyproject.toml",
+        "setup.py",
         project["project"]["readme"],
         *{p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]},
     ]
@@ -390,7 +433,11 @@ def test_every_python_package_in_the_context_goes_into_the_wheel() -> None:
     listed = set(
         tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     )
-    found = {posixpath.dirname(f).replace("/", ".") for f in build_context() if f.endswith(".py")}
+    found = {
+        posixpath.dirname(f).replace("/", ".")
+        for f in build_context()
+        if f.endswith(".py") and "/" in f  # not setup.py
+    }
     assert found - listed == set(), "add these packages to [tool.setuptools] packages"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.build import compiled_modules
 from service.client import JournalClient
 from service.errors import BadRequestError
 from tests.service.harness import make_settings, serve, short_socket_path
@@ -53,6 +54,7 @@ async def test_metrics_move_with_load_and_follow_prometheus_naming(tmp_path: Pat
                 value(
                     before,
                     "ackwal_build_info",
+                    compiled_modules=str(len(compiled_modules())),
                     format_version="1",
                     protocol_version="1",
                     version="0.1.0",
