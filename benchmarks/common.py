@@ -174,10 +174,14 @@ def start_server(
     timeout: float = 30,
     extra: Sequence[str] = (),
     command: str = "serve",
+    interpreted: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start ``ackwal serve`` in its own process group; return once the socket exists.
 
     Its log goes to ``<data_dir>.log`` (a pipe nobody reads could fill and stall the server).
+    It runs the build this process imports (PYTHONPATH is inherited: ``make bench`` points it
+    at the compiled build), or with ``interpreted`` the sources the venv's editable install
+    points at.
     """
     exe = os.path.join(os.path.dirname(sys.executable), "ackwal")
     log_path = data_dir.rstrip("/") + ".log"
@@ -203,6 +207,7 @@ def start_server(
             stdout=subprocess.DEVNULL,
             stderr=log_file,
             process_group=0,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"} if interpreted else None,
         )
     deadline = time.monotonic() + timeout
     while not os.path.exists(socket_path):

@@ -22,6 +22,8 @@ Opt-in (named in --systems, never in the default run):
   ackwal-nosync    ackwal-socket with sync_mode = none: no fdatasync at all, NOT durable. The
                    socket path's CPU ceiling on this machine: what ackwal-socket would do if the
                    disk cost nothing, measured in the same run as the others
+  ackwal-interpreted  ackwal-socket's server run from the sources, not the compiled build that
+                   `make bench` (and the image) run: what the mypyc-compiled modules are worth
 
 Then the duplicate-retry scenario: 10% of appends retry an earlier acknowledged request id; each
 answer is checked (the original id, flagged duplicate) and the stored records counted afterwards.
@@ -83,6 +85,7 @@ from common import (
     tree_cpu_seconds,
 )
 
+from service.build import describe as describe_build
 from service.client import JournalClient
 from service.entry import entry_map, entry_request_id, prepare_entry
 from service.journal import Journal
@@ -101,7 +104,7 @@ SYSTEMS = (
     "nats-default",
     "nats-sync",
 )
-OPT_IN_SYSTEMS = ("ackwal-nosync",)
+OPT_IN_SYSTEMS = ("ackwal-nosync", "ackwal-interpreted")
 BATCH_ENTRIES = 64  # entries per append_batch request
 DUP_FRACTION = 0.10
 COMMAND_TYPE = "NewOrder"
@@ -401,10 +404,16 @@ class AckwalSocket(System):
     durable_at_ack = True
     dedup = ACKWAL_DEDUP
 
-    def __init__(self, batch: bool, sync_mode: str = "fdatasync") -> None:
+    def __init__(
+        self, batch: bool, sync_mode: str = "fdatasync", interpreted: bool = False
+    ) -> None:
         self.batch = batch
         self.sync_mode = sync_mode
-        if sync_mode == "none":
+        self.interpreted = interpreted
+        if interpreted:
+            self.name = "ackwal-interpreted"
+            self.label = "ackwal, append over socket, the server interpreted (not compiled)"
+        elif sync_mode == "none":
             self.name = "ackwal-nosync"
             self.label = "ackwal, append over socket WITHOUT fdatasync (ceiling, NOT durable)"
             self.durable_at_ack = False
@@ -427,7 +436,12 @@ class AckwalSocket(System):
         self.sockdir = tempfile.mkdtemp(prefix="ackwal-cmp-")
         self.sock = os.path.join(self.sockdir, "ackwal.sock")
         self.proc = await asyncio.to_thread(
-            start_server, self.data, self.sock, self.sync_mode, START_TIMEOUT
+            start_server,
+            self.data,
+            self.sock,
+            self.sync_mode,
+            START_TIMEOUT,
+            interpreted=self.interpreted,
         )
 
     async def connect(self) -> Client:
@@ -909,6 +923,7 @@ def make_system(name: str) -> System:
         "ackwal-socket": lambda: AckwalSocket(batch=False),
         "ackwal-batch": lambda: AckwalSocket(batch=True),
         "ackwal-nosync": lambda: AckwalSocket(batch=False, sync_mode="none"),
+        "ackwal-interpreted": lambda: AckwalSocket(batch=False, interpreted=True),
         "ackwal-embedded": AckwalEmbedded,
         "postgres": Postgres,
         "sqlite": lambda: Sqlite(grouped=False),
@@ -1127,7 +1142,13 @@ def ratios(
     alone when there are no rounds."""
     at = {r["system"]: r for r in rows if r["clients"] == clients}
     out: dict[str, Any] = {"clients": clients, "vs": {}, "targets": []}
-    for mine in ("ackwal-socket", "ackwal-batch", "ackwal-embedded", "ackwal-nosync"):
+    for mine in (
+        "ackwal-socket",
+        "ackwal-batch",
+        "ackwal-embedded",
+        "ackwal-nosync",
+        "ackwal-interpreted",
+    ):
         if mine not in at:
             continue
         for other, r in at.items():
@@ -1177,7 +1198,7 @@ def write_plots(report: dict[str, Any], out: str) -> list[str]:
     subtitle = (
         f"{report['machine']['cpus']} cores, {report['disk']['fstype']} on "
         f"{report['disk']['device']}, {report['settings']['seconds']} s per point, "
-        f"{report['started'][:16]}"
+        f"ackwal {report['settings'].get('ackwal_build', 'interpreted')}, {report['started'][:16]}"
     )
     paths = []
 
@@ -1276,8 +1297,9 @@ def print_report(report: dict[str, Any]) -> None:
         for d in report["duplicates"]:
             print(f"  {d['system']}: {report['systems'][d['system']]['dedup']}")
     m = report["machine"]
+    print(f"\nackwal build: {report['settings'].get('ackwal_build', 'interpreted')}")
     print(
-        f"\nbackground load (cores busy without this script): {m['background_cpu_before']} "
+        f"background load (cores busy without this script): {m['background_cpu_before']} "
         f"before, {m['background_cpu_after']} after; loadavg {m['loadavg_before'][0]:.2f} -> "
         f"{m['loadavg_after'][0]:.2f}; other_cpu column: the rest of the machine per point "
         "(includes kernel I/O threads working for the system under test)"
@@ -1333,6 +1355,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "ackwal_record_bytes": ackwal_record_bytes(),
             "batch_entries": BATCH_ENTRIES,
             "rounds": args.rounds,
+            # Servers and the embedded journal import what this process imports (same
+            # PYTHONPATH): `make bench` runs the mypyc-compiled build, as the image ships it.
+            "ackwal_build": describe_build(),
         },
         "systems": {},
         "rows": [],
@@ -1344,6 +1369,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report["machine"]["background_cpu_before"] = await background_cpu(args.warmup)
     if report["disk"]["fstype"] in ("tmpfs", "ramfs"):
         print(f"WARNING: {work} is on {report['disk']['fstype']}: fsync costs nothing there")
+    print(f"ackwal build: {report['settings']['ackwal_build']}", flush=True)
     t0 = time.monotonic()
     try:
         for name in args.systems:
@@ -1364,8 +1390,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="systems: "
         + ", ".join(SYSTEMS)
-        + "; opt-in (not durable, never in the default run): "
-        + ", ".join(OPT_IN_SYSTEMS),
+        + "; opt-in, never in the default run: ackwal-nosync (not durable), ackwal-interpreted",
     )
     parser.add_argument(
         "--systems", default=",".join(SYSTEMS), help="comma-separated subset (default: all)"

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from service.build import describe
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPARE = ROOT / "benchmarks" / "compare.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +88,9 @@ def test_compare_help_names_every_system() -> None:
     out = run_benchmark(COMPARE, "--help", timeout=60)
     for name in ("ackwal-socket", "ackwal-batch", "postgres", "sqlite-grouped", "nats-sync"):
         assert name in out
-    assert "opt-in (not durable, never in the default run): ackwal-nosync" in " ".join(out.split())
+    text = " ".join(out.split())
+    assert "opt-in, never in the default run: ackwal-nosync (not durable)" in text
+    assert "ackwal-interpreted" in text
 
 
 def test_the_no_sync_ceiling_runs_only_when_named_and_is_labelled_not_durable(
@@ -171,3 +175,22 @@ def test_targets_are_judged_on_the_median_of_the_ratio_rounds() -> None:
     # Without rounds (a sweep alone), the sweep's own point is the only round.
     alone = {t["target"]: t for t in compare.ratios(sweep, 64)["targets"]}
     assert alone["ackwal-socket throughput >= 4x postgres"]["per_round"] == [4.0]
+
+
+def test_the_interpreted_server_runs_only_when_named_and_the_build_is_recorded(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    printed = run_benchmark(
+        COMPARE,
+        *("--quick", "--systems", "ackwal-socket,ackwal-interpreted", "--clients", "4"),
+        *("--no-duplicates", "--seconds", "0.3", "--warmup", "0.1"),
+        *("--dir", str(tmp_path), "--out", str(out)),
+        timeout=120,
+    )
+    report = json.loads((out / "compare.json").read_text())
+    assert [r["system"] for r in report["rows"]] == ["ackwal-socket", "ackwal-interpreted"]
+    assert report["systems"]["ackwal-interpreted"]["durable_at_ack"] is True
+    # The build the servers ran (make pytest-compiled: compiled; make pytest: interpreted).
+    assert report["settings"]["ackwal_build"] == describe()
+    assert f"ackwal build: {describe()}" in printed
