@@ -1198,7 +1198,7 @@ def write_plots(report: dict[str, Any], out: str) -> list[str]:
     subtitle = (
         f"{report['machine']['cpus']} cores, {report['disk']['fstype']} on "
         f"{report['disk']['device']}, {report['settings']['seconds']} s per point, "
-        f"ackwal {report['settings'].get('ackwal_build', 'interpreted')}, {report['started'][:16]}"
+        f"{report['started'][:16]}\nackwal {report['settings'].get('ackwal_build', 'interpreted')}"
     )
     paths = []
 
