@@ -14,7 +14,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # mypyc (part of mypy) compiles the append path's modules to C extensions (setup.py,
-# service/build.py): ~20 % more acked appends/s at 64 clients (docs/PERFORMANCE.md, "Compiled
+# service/build.py): 13-19 % more acked appends/s at 64 clients (docs/PERFORMANCE.md, "Compiled
 # modules"). The same mypy version as the dev extras, whose compiled build `make test` tests.
 RUN pip install --no-cache-dir mypy==2.4.1 setuptools==80.9.0 wheel==0.45.1
 

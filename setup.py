@@ -2,7 +2,7 @@
 
 By default ackwal builds as plain Python. With ``ACKWAL_MYPYC=1`` the append path's modules
 (``service/build.py``, ``COMPILED_MODULES``) are compiled to C extensions with mypyc, which is
-part of mypy: ~20 % more acked appends per second at 64 clients (docs/PERFORMANCE.md,
+part of mypy: 13-19 % more acked appends per second at 64 clients (docs/PERFORMANCE.md,
 "Compiled modules"). The container image and ``make compiled`` (used by ``make test`` and
 ``make bench``) build that way. mypy must then be installed in the build environment:
 ``pip wheel --no-build-isolation`` from an environment that has it and ackwal's dependencies

@@ -1,7 +1,7 @@
 """Which of ackwal's modules run mypyc-compiled in this install.
 
 The append path's modules can be compiled to C extensions with mypyc (``ACKWAL_MYPYC=1`` in
-``setup.py``): the container image and ``make bench`` run them that way, for ~20 % more acked
+``setup.py``): the container image and ``make bench`` run them that way, for 13-19 % more acked
 appends per second at 64 clients (docs/PERFORMANCE.md, "Compiled modules"). A plain or editable
 install runs the same sources interpreted, with the same behaviour. Operators need to know which
 one they run, and a compiled build that silently fell back to Python must fail, not ship: hence
