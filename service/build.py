@@ -11,6 +11,7 @@ this module. It imports only the standard library, because ``setup.py`` reads
 
 from __future__ import annotations
 
+import functools
 import importlib.machinery
 import importlib.util
 
@@ -34,15 +35,17 @@ COMPILED_MODULES: tuple[str, ...] = (
 )
 
 
-def compiled_modules() -> list[str]:
-    """The modules of :data:`COMPILED_MODULES` that this interpreter loads as C extensions."""
+@functools.cache
+def compiled_modules() -> tuple[str, ...]:
+    """The modules of :data:`COMPILED_MODULES` that this interpreter loads as C extensions
+    (looked up once: a process keeps the build it started with; every metrics scrape asks)."""
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     found = []
     for name in COMPILED_MODULES:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin is not None and spec.origin.endswith(suffixes):
             found.append(name)
-    return found
+    return tuple(found)
 
 
 def describe() -> str:

@@ -24,11 +24,11 @@ EXPECT_COMPILED = os.environ.get("ACKWAL_EXPECT_COMPILED") == "1"
 
 def test_this_run_tests_the_build_it_claims_to() -> None:
     if EXPECT_COMPILED:
-        assert compiled_modules() == list(COMPILED_MODULES), describe()
+        assert compiled_modules() == COMPILED_MODULES, describe()
         assert describe() == f"mypyc-compiled: {len(COMPILED_MODULES)} modules"
     else:
         # Extension modules next to the sources would run instead of them, edits unseen.
-        assert compiled_modules() == [], (
+        assert compiled_modules() == (), (
             f"compiled modules next to the sources shadow them: {compiled_modules()}; "
             "delete them (git status lists them) and use `make compiled`, which builds a copy"
         )
