@@ -120,7 +120,9 @@ def test_a_rotation_interrupted_at_each_step_keeps_every_acknowledged_record(
         steps.append(key)
         if key[0] == "fsync_dir" and key[2] == "after":
             break  # the first rotation after the first four batches is complete
-    step_ops = {key[0] for key in steps}
+    # The spare segment is prepared on a thread of its own, so its calls (a create among them)
+    # can land anywhere in this window on a slow machine: only the log's own files count here.
+    step_ops = {key[0] for key in steps if os.path.basename(key[1]) != SPARE_NAME}
     assert {"write", "fsync", "rename", "fsync_dir"} <= step_ops
     assert ("create" in step_ops) != preallocate  # without a spare the rotation creates it
     for i, key in enumerate(steps):
