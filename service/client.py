@@ -144,6 +144,9 @@ class JournalClient:
         self._reading_paused = False
         self._refusal: AckwalError | None = None  # an error with id nil (e.g. busy) this connection
         self._streams: dict[int, _Stream] = {}  # snapshot_get / recover replies in progress
+        # The loop this client connected on. Looked up once: on Python 3.11 every
+        # asyncio.get_running_loop() is a getpid() system call, one per request otherwise.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def connect(cls, socket_path: str, **options: Any) -> JournalClient:
@@ -162,7 +165,7 @@ class JournalClient:
     # -- connection management ----------------------------------------------------------------
 
     async def _open(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._refusal = None
         self._reading_paused = False  # a new transport starts reading
         _, protocol = await loop.create_unix_connection(
@@ -317,7 +320,8 @@ class JournalClient:
         if self.journal != "main":
             message["journal"] = self.journal
         frame = encode_frame(message)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[rid] = _Request(frame, fut)
         if self._protocol is not None:
             self._protocol.write(frame)
