@@ -148,6 +148,11 @@ async def test_every_fill_is_recorded_once_while_the_consumer_and_the_service_ar
                 recorder.start()
         stop.set()
         await asyncio.wait_for(asyncio.gather(*appenders), 60)
+        # The last entry carries a fill, so that once every fill is in SQLite the recorder has
+        # seen every entry: trailing entries without fills could otherwise still be on their
+        # way at SIGTERM, and the cursor it commits on the way out would stop short of them.
+        async with JournalClient(sock) as client:
+            await client.append(new_rid(), "Fill", b"cmd", events=fill_events(0, 1))
         expected, last_entry = await journal_fills(sock)
         await wait_recorded(db, expected)
         recorder.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
