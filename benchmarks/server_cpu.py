@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -37,13 +39,17 @@ from service.settings import load_settings
 
 
 class CountingTransport:
-    """Stands in for the socket: counts the replies written, keeps nothing."""
+    """Stands in for the socket: counts the replies written, keeps nothing, and tells the
+    driver (``on_reply``) so that the connection's next request goes without polling."""
 
     def __init__(self) -> None:
         self.replies = 0
+        self.on_reply: Callable[[], None] | None = None
 
     def write(self, data: bytes) -> None:
         self.replies += 1
+        if self.on_reply is not None:
+            self.on_reply()
 
     def is_closing(self) -> bool:
         return False
@@ -82,6 +88,43 @@ def request(n: int, batch: int) -> bytes:
     )
 
 
+async def closed_loop(
+    conns: list[tuple[Connection, CountingTransport]], batch: int, total: int
+) -> tuple[int, float, float]:
+    """Each connection sends its next request once its reply is written, until ``total``
+    entries are sent and answered. Returns (entries, CPU seconds, wall seconds).
+
+    Driven by the replies (a loop callback per reply), not by polling: the polling driver this
+    replaced burned CPU while each batch synced, which swamped the figure for single appends
+    (~60 us per entry; 8.6-10.8 us with this driver on the compiled build, 64 connections)."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+    per_request = batch or 1
+    state = {"sent": 0, "outstanding": 0, "n": 1}
+
+    def send(conn: Connection) -> None:
+        if state["sent"] >= total:
+            if state["outstanding"] == 0 and not finished.done():
+                finished.set_result(None)
+            return
+        state["outstanding"] += 1
+        state["sent"] += per_request
+        n = state["n"]
+        state["n"] = n + 1
+        conn.data_received(request(n, batch))
+
+    def replied(conn: Connection) -> None:
+        state["outstanding"] -= 1
+        loop.call_soon(send, conn)  # not from inside the server's flush
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for conn, transport in conns:
+        transport.on_reply = functools.partial(replied, conn)
+        send(conn)
+    await finished
+    return state["sent"], time.process_time() - cpu0, time.perf_counter() - wall0
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="ackwal-cpu-", dir=args.dir)
     try:
@@ -97,29 +140,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             conn.connection_made(transport)  # type: ignore[arg-type]
             conn.data_received(encode_frame({"op": "hello", "id": 0, "version": 1}))
             conns.append((conn, transport))
+        await asyncio.sleep(0)  # the hellos' replies leave at the end of the loop turn
+        assert all(t.replies == 1 for _, t in conns), "a hello was not answered"
         if args.settle_gc:
             settle_gc()
-        per_request = args.batch or 1
-        sent = [1] * len(conns)  # the hello's reply counts as one
-        total = 0
-        n = 1
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        while total < args.total:  # closed loop: a connection sends again once answered
-            for i, (conn, transport) in enumerate(conns):
-                if transport.replies >= sent[i] and total < args.total:
-                    conn.data_received(request(n, args.batch))
-                    sent[i] += 1
-                    n += 1
-                    total += per_request
-            await asyncio.sleep(0)
-        while any(t.replies < sent[i] for i, (_, t) in enumerate(conns)):
-            await asyncio.sleep(0.001)
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        total, cpu, wall = await closed_loop(conns, args.batch, args.total)
         batches = journal.stats.batches
         await journal.close()
         return {
             "entries": total,
-            "entries_per_request": per_request,
+            "entries_per_request": args.batch or 1,
             "cpu_us_per_entry": round(cpu / total * 1e6, 2),
             "entries_per_s": round(total / wall),
             "mean_batch": round(total / batches, 1) if batches else 0,
