@@ -100,21 +100,23 @@ async def closed_loop(
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[None] = loop.create_future()
     per_request = batch or 1
-    state = {"sent": 0, "outstanding": 0, "n": 1}
+    sent = outstanding = 0
+    next_id = 1
 
     def send(conn: Connection) -> None:
-        if state["sent"] >= total:
-            if state["outstanding"] == 0 and not finished.done():
+        nonlocal sent, outstanding, next_id
+        if sent >= total:
+            if outstanding == 0 and not finished.done():
                 finished.set_result(None)
             return
-        state["outstanding"] += 1
-        state["sent"] += per_request
-        n = state["n"]
-        state["n"] = n + 1
-        conn.data_received(request(n, batch))
+        outstanding += 1
+        sent += per_request
+        next_id += 1
+        conn.data_received(request(next_id - 1, batch))
 
     def replied(conn: Connection) -> None:
-        state["outstanding"] -= 1
+        nonlocal outstanding
+        outstanding -= 1
         loop.call_soon(send, conn)  # not from inside the server's flush
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -122,7 +124,7 @@ async def closed_loop(
         transport.on_reply = functools.partial(replied, conn)
         send(conn)
     await finished
-    return state["sent"], time.process_time() - cpu0, time.perf_counter() - wall0
+    return sent, time.process_time() - cpu0, time.perf_counter() - wall0
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
