@@ -23,7 +23,15 @@ import structlog
 from service import __version__
 from service import snapshots as snapshot_ops
 from service.cursors import check_name as check_cursor_name
-from service.entry import APPEND_FIELDS, ENTRY_FIELDS, check_request_id, prepare_entry
+from service.entry import (
+    APPEND_FIELDS,
+    COMPACT_APPEND,
+    ENTRY_FIELDS,
+    PreparedEntry,
+    check_request_id,
+    prepare_compact_entry,
+    prepare_entry,
+)
 from service.errors import AckwalError
 from service.fanout import Subscription
 from service.journal import Journal, now_ms
@@ -32,7 +40,7 @@ from service.protocol import (
     ErrorCode,
     FrameDecoder,
     ProtocolError,
-    decode_body,
+    decode_request,
     describe,
     encode_error,
     encode_frame,
@@ -119,6 +127,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.inflight = 0
         self.hello = False
+        self._hello_journal: Journal | None = None  # a compact append's journal
         self.closed = False
         self._out: list[bytes] = []
         self._out_bytes = 0  # bytes in _out (replies not yet handed to the transport)
@@ -228,13 +237,16 @@ class Connection(asyncio.Protocol):
             try:
                 if isinstance(item, ProtocolError):
                     raise item
-                message = decode_body(item)
+                message = decode_request(item)
             except ProtocolError as exc:
                 self.server.count_error(exc.code)
                 self.answered(encode_error(None, exc.code, exc.message), count=False)
                 self.close_after_flush()
                 self._backlog = []
                 return
+            if isinstance(message, list):
+                self._handle_compact(message, recv)
+                continue
             if self._reads.exhausted and message.get("op") == "read":
                 i -= 1  # next turn, from the frame (decoding it again is cheap)
                 break
@@ -262,7 +274,7 @@ class Connection(asyncio.Protocol):
         if self.server.stopping:
             # Shutdown keeps reading so that what a client sent before it learnt of the
             # shutdown is answered rather than lost with the connection.
-            self._refuse_while_stopping(message, rid)
+            self._refuse_while_stopping(message.get("journal", "main"), rid)
             return
         op = message.get("op")
         try:
@@ -274,14 +286,7 @@ class Connection(asyncio.Protocol):
                 entry = prepare_entry(
                     message, recv, self.max_record_size, APPEND_FIELDS, journal.event_policy
                 )
-                self.inflight += 1
-                try:
-                    journal.submit(entry, self, rid, self._t)
-                except BaseException:
-                    self.inflight -= 1  # not taken in: the error reply below ends it
-                    raise
-                if journal.queue_full:
-                    self._wait_for_space(journal)
+                self._submit(journal, entry, rid)
                 return
             handler = _HANDLERS.get(op) if isinstance(op, str) else None
             if handler is None:
@@ -294,7 +299,7 @@ class Connection(asyncio.Protocol):
             handler(self, message, rid, recv)
         except ProtocolError as exc:
             if op in ("append", "append_batch"):
-                self._count_rejected(message, exc.code)
+                self._count_rejected(message.get("journal", "main"), exc.code)
             self._reply_error(rid, exc.code, exc.message)
         except AckwalError as err:  # each clause its own name: compiled (mypyc), exc is typed once
             self._reply_error(rid, err.code, err.message)
@@ -302,8 +307,51 @@ class Connection(asyncio.Protocol):
             log.exception("connection.internal_error", op=op)
             self._reply_error(rid, ErrorCode.INTERNAL, f"internal error: {bug}")
 
-    def _refuse_while_stopping(self, message: dict[str, Any], rid: int) -> None:
-        name = message.get("journal", "main")
+    def _handle_compact(self, item: list[Any], recv: int) -> None:
+        """A compact append (docs/PROTOCOL.md): ``[1, id, request_id, command_type, command,
+        ...]``, for the journal of this connection's last successful ``hello``. Errors are
+        the map form's, and so is the reply."""
+        rid = item[1] if len(item) > 1 else None
+        if type(rid) is not int:
+            message = "item 1 of a compact request (its id) must be an integer"
+            self._reply_error(None, ErrorCode.BAD_REQUEST, message)
+            return
+        journal = self._hello_journal
+        if self.server.stopping:
+            self._refuse_while_stopping(journal.name if journal else "main", rid)
+            return
+        op = item[0]
+        try:
+            if type(op) is not int or op != COMPACT_APPEND:
+                raise ProtocolError(
+                    ErrorCode.UNKNOWN_OP,
+                    f"unknown compact op {describe(op)}; known: {COMPACT_APPEND} (append)",
+                )
+            if journal is None:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "send 'hello' before any other op")
+            entry = prepare_compact_entry(item, recv, self.max_record_size, journal.event_policy)
+            self._submit(journal, entry, rid)
+        except ProtocolError as exc:
+            if journal is not None and exc.code != ErrorCode.UNKNOWN_OP:
+                journal.count_rejected(exc.code)
+            self._reply_error(rid, exc.code, exc.message)
+        except AckwalError as err:
+            self._reply_error(rid, err.code, err.message)
+        except Exception as bug:  # a bug must cost this request, never the service
+            log.exception("connection.internal_error", op="compact append")
+            self._reply_error(rid, ErrorCode.INTERNAL, f"internal error: {bug}")
+
+    def _submit(self, journal: Journal, entry: PreparedEntry, rid: int) -> None:
+        self.inflight += 1
+        try:
+            journal.submit(entry, self, rid, self._t)
+        except BaseException:
+            self.inflight -= 1  # not taken in: the error reply ends it
+            raise
+        if journal.queue_full:
+            self._wait_for_space(journal)
+
+    def _refuse_while_stopping(self, name: Any, rid: int) -> None:
         journal = self.server.journals.get(name) if isinstance(name, str) else None
         if journal is not None and journal.halted is not None:
             # A fail-stop shutdown: say so, as every other request after the halt was told.
@@ -312,8 +360,7 @@ class Connection(asyncio.Protocol):
         else:
             self._reply_error(rid, ErrorCode.SHUTTING_DOWN, "the service is shutting down")
 
-    def _count_rejected(self, message: dict[str, Any], code: str) -> None:
-        name = message.get("journal", "main")
+    def _count_rejected(self, name: Any, code: str) -> None:
         journal = self.server.journals.get(name) if isinstance(name, str) else None
         if journal is not None:
             journal.count_rejected(code)
@@ -339,6 +386,7 @@ class Connection(asyncio.Protocol):
             )
         journal = self._journal(message)  # an unknown journal fails the hello: no other op
         self.hello = True
+        self._hello_journal = journal
         settings = self.server.settings
         self.answered(
             encode_frame(
@@ -351,6 +399,7 @@ class Connection(asyncio.Protocol):
                     "max_record_size": settings.max_record_size,
                     "journals": sorted(self.server.journals),
                     "last_seq": journal.last_seq,
+                    "compact_append": True,
                 }
             ),
             count=False,

@@ -35,6 +35,22 @@ ENTRY_FIELDS: Final = frozenset(
     }
 )
 ENVELOPE_FIELDS: Final = frozenset({"op", "id", "journal"})
+# The compact append (docs/PROTOCOL.md): [COMPACT_APPEND, id, *COMPACT_FIELDS], the optional
+# trailing fields left out or nil.
+COMPACT_APPEND: Final = 1
+COMPACT_FIELDS: Final = (
+    "request_id",
+    "command_type",
+    "command",
+    "response",
+    "events",
+    "ts_ms",
+    "pre_digest",
+    "post_digest",
+    "duration_us",
+)
+COMPACT_APPEND_MIN_ITEMS: Final = 5
+COMPACT_APPEND_MAX_ITEMS: Final = 2 + len(COMPACT_FIELDS)
 APPEND_FIELDS: Final = ENTRY_FIELDS | ENVELOPE_FIELDS
 EVENT_FIELDS: Final = frozenset({"type", "key", "data"})
 MAX_COMMAND_TYPE_LEN: Final = 256
@@ -80,6 +96,9 @@ class PreparedEntry(NamedTuple):
 
 
 _new_prepared: Callable[[type[PreparedEntry], tuple[Any, ...]], PreparedEntry] = tuple.__new__
+# An entry's payload fields after command when it has none of the optional ones: response,
+# events, ts_ms, pre_digest, post_digest, duration_us.
+_NO_OPTIONAL_FIELDS: Final[list[Any]] = [None, [], None, None, None, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +263,7 @@ def prepare_entry(
             events = policy.apply(events)
     elif events is None:
         events = []
-    payload = _packer.pack(
+    return _prepared(
         [
             ENTRY_PAYLOAD_VERSION,
             request_id,
@@ -257,14 +276,58 @@ def prepare_entry(
             pre_digest,
             post_digest,
             duration_us,
-        ]
+        ],
+        max_payload,
     )
+
+
+def _prepared(fields: list[Any], max_payload: int) -> PreparedEntry:
+    """The entry for validated payload fields (``fields[1]`` the request id, ``fields[5]``
+    the response), or ``entry_too_large``."""
+    payload = _packer.pack(fields)
     if len(payload) > max_payload:
         raise ProtocolError(
             ErrorCode.ENTRY_TOO_LARGE,
             f"entry encodes to {len(payload)} bytes; the maximum record size is {max_payload}",
         )
-    return _new_prepared(PreparedEntry, (request_id, payload, response))
+    return _new_prepared(PreparedEntry, (fields[1], payload, fields[5]))
+
+
+def prepare_compact_entry(
+    item: list[Any], recv_ms: int, max_payload: int, policy: EventPolicy | None = None
+) -> PreparedEntry:
+    """Validate a compact append (docs/PROTOCOL.md, "Compact append"): the array
+    ``[1, id, request_id, command_type, command, response?, events?, ts_ms?, pre_digest?,
+    post_digest?, duration_us?]``, whose op and id the caller has checked.
+
+    The point of the compact form is that the common append (no optional field) decodes to
+    one small list instead of a map of string keys: measured on the server, ~8 % more ACKs
+    per second at 64 clients (docs/PERFORMANCE.md). It is checked inline here; anything else
+    goes through :func:`prepare_entry` as the equivalent map, so the rules and the error
+    messages are the map form's.
+    """
+    n = len(item)
+    if n == COMPACT_APPEND_MIN_ITEMS:
+        request_id = item[2]
+        command_type = item[3]
+        command = item[4]
+        if (
+            type(request_id) is bytes
+            and len(request_id) == 16
+            and type(command_type) is str
+            and 0 < len(command_type) <= MAX_COMMAND_TYPE_LEN
+            and type(command) is bytes
+        ):
+            fields = [ENTRY_PAYLOAD_VERSION, request_id, recv_ms, command_type, command]
+            return _prepared(fields + _NO_OPTIONAL_FIELDS, max_payload)
+    if not COMPACT_APPEND_MIN_ITEMS <= n <= COMPACT_APPEND_MAX_ITEMS:
+        raise _bad(
+            f"a compact append is an array of {COMPACT_APPEND_MIN_ITEMS} to "
+            f"{COMPACT_APPEND_MAX_ITEMS} items, got {n}"
+        )
+    values = zip(COMPACT_FIELDS[: n - 2], item[2:], strict=True)
+    entry = {name: value for name, value in values if value is not None}
+    return prepare_entry(entry, recv_ms, max_payload, ENTRY_FIELDS, policy)
 
 
 def _validated_fields(message: dict[str, Any], allowed: frozenset[str]) -> list[Any]:

@@ -1,7 +1,7 @@
 """The socket protocol, sans I/O: frame codec, operation names and stable error codes.
 
 A frame is a 4-byte big-endian unsigned length followed by that many bytes holding one msgpack
-map. docs/PROTOCOL.md is the normative description.
+map (or, for a compact append, one array). docs/PROTOCOL.md is the normative description.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ DEFAULT_MAX_FRAME_BYTES: Final = 8 * 1024 * 1024
 class ErrorCode:
     """Stable error codes sent as ``error.code``. Never renamed; new ones may be added."""
 
-    BAD_FRAME: Final = "bad_frame"  # frame is not a decodable msgpack map (connection closed)
+    BAD_FRAME: Final = "bad_frame"  # not a decodable msgpack map or array (closed)
     FRAME_TOO_LARGE: Final = "frame_too_large"  # length prefix above the limit (closed)
     UNKNOWN_OP: Final = "unknown_op"
     BAD_REQUEST: Final = "bad_request"  # missing/mistyped field, bad UUID, unknown field
@@ -49,8 +49,8 @@ class ProtocolError(Exception):
 _packer = msgpack.Packer(use_bin_type=True)
 
 
-def encode_frame(message: dict[str, Any]) -> bytes:
-    """One frame: length prefix + msgpack map."""
+def encode_frame(message: dict[str, Any] | list[Any]) -> bytes:
+    """One frame: length prefix + msgpack map (a list: a compact append's array)."""
     body: bytes = _packer.pack(message)
     return len(body).to_bytes(4, "big") + body
 
@@ -163,23 +163,41 @@ class FrameDecoder:
         return out
 
 
+def _unpack(body: bytes | bytearray) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        detail = str(exc) or type(exc).__name__  # FormatError and StackError carry no text
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME, f"frame is not valid msgpack: {detail}", fatal=True
+        ) from None
+
+
 def decode_body(body: bytes | bytearray) -> dict[str, Any]:
     """Decode one frame body into a map, or raise a fatal ``bad_frame``.
 
     Map keys may be any hashable msgpack value; requests use string keys, so a map keyed
     otherwise simply lacks the fields a request needs.
     """
-    try:
-        message = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        detail = str(exc) or type(exc).__name__  # FormatError and StackError carry no text
-        raise ProtocolError(
-            ErrorCode.BAD_FRAME, f"frame is not valid msgpack: {detail}", fatal=True
-        ) from None
+    message = _unpack(body)
     if not isinstance(message, dict):
         raise ProtocolError(
             ErrorCode.BAD_FRAME,
             f"frame must hold a msgpack map, got {type(message).__name__}",
+            fatal=True,
+        )
+    return message
+
+
+def decode_request(body: bytes | bytearray) -> dict[str, Any] | list[Any]:
+    """A request frame's body: a map, or an array (a compact append, docs/PROTOCOL.md);
+    anything else is a fatal ``bad_frame``."""
+    message = _unpack(body)
+    if not isinstance(message, dict | list):
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME,
+            f"frame must hold a msgpack map (or an array: a compact append), "
+            f"got {type(message).__name__}",
             fatal=True,
         )
     return message

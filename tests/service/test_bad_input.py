@@ -20,8 +20,8 @@ import msgpack
 import pytest
 
 from service.app import Service
-from service.entry import MAX_COMMAND_TYPE_LEN
-from service.protocol import ErrorCode, FrameDecoder, ProtocolError, encode_frame
+from service.entry import COMPACT_APPEND, MAX_COMMAND_TYPE_LEN
+from service.protocol import ErrorCode, FrameDecoder, ProtocolError, decode_request, encode_frame
 from tests.service.conftest import RunningService
 from tests.service.harness import RawConnection, append_message, new_rid
 
@@ -151,7 +151,6 @@ def body_frame(body: bytes) -> bytes:
 FATAL: dict[str, tuple[bytes, str]] = {
     "length one over the limit": ((FRAME_LIMIT + 1).to_bytes(4, "big"), ErrorCode.FRAME_TOO_LARGE),
     "length 2**32-1": (b"\xff\xff\xff\xff", ErrorCode.FRAME_TOO_LARGE),
-    "a frame holding an array": (body_frame(msgpack.packb([1, 2])), ErrorCode.BAD_FRAME),
     "a frame holding an int": (body_frame(msgpack.packb(7)), ErrorCode.BAD_FRAME),
     "a frame holding a string": (body_frame(msgpack.packb("op")), ErrorCode.BAD_FRAME),
     "a frame holding nil": (body_frame(b"\xc0"), ErrorCode.BAD_FRAME),
@@ -188,13 +187,18 @@ async def test_requests_before_a_bad_frame_in_the_same_read_are_answered_first(
         conn.writer.write(
             encode_frame({"op": "status", "id": 1})
             + encode_frame({"op": "bogus", "id": 2})
-            + body_frame(msgpack.packb([]))
-            + encode_frame({"op": "status", "id": 3})
+            + encode_frame([2, 3])
+            + body_frame(msgpack.packb(7))
+            + encode_frame({"op": "status", "id": 4})
         )
         replies = await replies_until_eof(conn)
-        assert [r["id"] for r in replies] == [1, 2, None]
+        assert [r["id"] for r in replies] == [1, 2, 3, None]
         assert "status" in replies[0]
-        assert codes(replies[1:]) == [(2, ErrorCode.UNKNOWN_OP), (None, ErrorCode.BAD_FRAME)]
+        assert codes(replies[1:]) == [
+            (2, ErrorCode.UNKNOWN_OP),
+            (3, ErrorCode.UNKNOWN_OP),
+            (None, ErrorCode.BAD_FRAME),
+        ]
 
 
 async def test_an_oversized_length_is_refused_before_its_body_is_sent(
@@ -262,7 +266,12 @@ def with_raw_field(message: dict[str, Any], key: str, raw_value: bytes) -> bytes
     return body_frame(bytes(body) + msgpack.packb(key) + raw_value)
 
 
-REQUEST_ERRORS: dict[str, tuple[dict[str, Any] | bytes, Any, str]] = {
+def compact(*items: Any) -> list[Any]:
+    """A compact append (frame id 7), its items after the id as given."""
+    return [COMPACT_APPEND, 7, *items]
+
+
+REQUEST_ERRORS: dict[str, tuple[dict[str, Any] | list[Any] | bytes, Any, str]] = {
     "unknown op": ({"op": "drop_table", "id": 7}, 7, ErrorCode.UNKNOWN_OP),
     "no op": ({"id": 7}, 7, ErrorCode.UNKNOWN_OP),
     "op that is not a string": ({"op": 1, "id": 7}, 7, ErrorCode.UNKNOWN_OP),
@@ -367,6 +376,41 @@ REQUEST_ERRORS: dict[str, tuple[dict[str, Any] | bytes, Any, str]] = {
         ErrorCode.BAD_REQUEST,
     ),
     "hello with version 2": ({"op": "hello", "id": 7, "version": 2}, 7, "unsupported_version"),
+    "an empty array": ([], None, ErrorCode.BAD_REQUEST),
+    "compact without an id": ([COMPACT_APPEND], None, ErrorCode.BAD_REQUEST),
+    "compact with the id as a string": (
+        [COMPACT_APPEND, "7", RID, "t", b""],
+        None,
+        ErrorCode.BAD_REQUEST,
+    ),
+    "compact op 2": ([2, 7, RID, "t", b""], 7, ErrorCode.UNKNOWN_OP),
+    "compact op true": ([True, 7, RID, "t", b""], 7, ErrorCode.UNKNOWN_OP),
+    "compact op as a string": (["append", 7, RID, "t", b""], 7, ErrorCode.UNKNOWN_OP),
+    "compact append of 4 items": (compact(RID, "t"), 7, ErrorCode.BAD_REQUEST),
+    "compact append of 12 items": (compact(RID, "t", b"", *[None] * 7), 7, ErrorCode.BAD_REQUEST),
+    "compact append with a 15-byte request_id": (compact(RID[:15], "t", b""), 7, "bad_request"),
+    "compact append with request_id nil": (compact(None, "t", b""), 7, ErrorCode.BAD_REQUEST),
+    "compact append with the command as a string": (
+        compact(RID, "t", "x"),
+        7,
+        ErrorCode.BAD_REQUEST,
+    ),
+    "compact append with an empty command_type": (compact(RID, "", b""), 7, "bad_request"),
+    "compact append with ts_ms negative": (
+        compact(RID, "t", b"", None, None, -1),
+        7,
+        ErrorCode.BAD_REQUEST,
+    ),
+    "compact append with events a map": (
+        compact(RID, "t", b"", None, {"type": "x"}),
+        7,
+        ErrorCode.BAD_REQUEST,
+    ),
+    "compact append over the record size": (
+        compact(RID, "t", b"x" * RECORD_LIMIT),
+        7,
+        ErrorCode.ENTRY_TOO_LARGE,
+    ),
 }
 
 
@@ -374,7 +418,10 @@ REQUEST_ERRORS: dict[str, tuple[dict[str, Any] | bytes, Any, str]] = {
     ("request_", "rid", "code"), REQUEST_ERRORS.values(), ids=list(REQUEST_ERRORS)
 )
 async def test_a_bad_request_gets_its_error_code_and_the_connection_stays_open(
-    running_service: RunningService, request_: dict[str, Any] | bytes, rid: Any, code: str
+    running_service: RunningService,
+    request_: dict[str, Any] | list[Any] | bytes,
+    rid: Any,
+    code: str,
 ) -> None:
     async with served(running_service) as world:
         conn = await world.connect()
@@ -395,8 +442,10 @@ async def test_an_error_reply_never_echoes_a_huge_value(running_service: Running
         assert all(len(r["error"]["message"]) < 300 for r in replies)
 
 
-BEFORE_HELLO: dict[str, tuple[dict[str, Any], str]] = {
+BEFORE_HELLO: dict[str, tuple[dict[str, Any] | list[Any], str]] = {
     "append": (append(), ErrorCode.BAD_REQUEST),
+    "compact append": (compact(RID, "t", b""), ErrorCode.BAD_REQUEST),
+    "compact op 2": ([2, 7], ErrorCode.UNKNOWN_OP),
     "append_batch": ({"op": "append_batch", "id": 7, "entries": []}, ErrorCode.BAD_REQUEST),
     "status": ({"op": "status", "id": 7}, ErrorCode.BAD_REQUEST),
     "read": ({"op": "read", "id": 7}, ErrorCode.BAD_REQUEST),
@@ -409,11 +458,11 @@ BEFORE_HELLO: dict[str, tuple[dict[str, Any], str]] = {
 
 @pytest.mark.parametrize(("request_", "code"), BEFORE_HELLO.values(), ids=list(BEFORE_HELLO))
 async def test_a_request_before_a_successful_hello_is_refused_and_hello_still_works_after(
-    running_service: RunningService, request_: dict[str, Any], code: str
+    running_service: RunningService, request_: dict[str, Any] | list[Any], code: str
 ) -> None:
     async with served(running_service) as world:
         conn = await world.connect(hello=False)
-        conn.send(request_)
+        conn.writer.write(encode_frame(request_))
         assert codes([await conn.recv()]) == [(7, code)]
         reply = await conn.request({"op": "hello", "version": 1})
         assert reply["protocol_version"] == 1
@@ -459,6 +508,11 @@ def garbage_requests(n: int, seed: int) -> list[tuple[bytes, Any, str]]:
         ),
         lambda i: ({"op": "read", "id": i, "from_seq": junk()}, i, ErrorCode.BAD_REQUEST),
         lambda i: ({"op": "lookup", "id": i, "request_id": junk()}, i, ErrorCode.BAD_REQUEST),
+        lambda i: ([COMPACT_APPEND, i, junk(), "t", b""], i, ErrorCode.BAD_REQUEST),
+        lambda i: ([COMPACT_APPEND, i, new_rid(), "t", junk(bytes)], i, ErrorCode.BAD_REQUEST),
+        lambda i: ([COMPACT_APPEND, i, new_rid()], i, ErrorCode.BAD_REQUEST),
+        lambda i: ([rng.randint(2, 99), i], i, ErrorCode.UNKNOWN_OP),
+        lambda i: ([COMPACT_APPEND, junk(int)], None, ErrorCode.BAD_REQUEST),
     ]
     for i in range(n):
         message, rid, code = rng.choice(kinds)(i)
@@ -496,17 +550,33 @@ async def test_random_bytes_on_many_connections_draw_the_errors_the_decoder_pred
     async with served(running_service) as world:
         for _ in range(50):
             data = rng.randbytes(rng.randint(1, 4096))
-            expected = [
-                (None, item.code if isinstance(item, ProtocolError) else ErrorCode.BAD_REQUEST)
-                for item in FrameDecoder(FRAME_LIMIT).feed(data)
-                if isinstance(item, ProtocolError) or type(item.get("id")) is not int
-            ]
+            expected = nil_id_errors(data)
             conn = await world.connect(hello=rng.random() < 0.5)
             conn.writer.write(data)
             conn.writer.write_eof()
             replies = await replies_until_eof(conn)
             assert codes([r for r in replies if r["id"] is None]) == expected
         await world.appender.more_acks()
+
+
+def nil_id_errors(data: bytes) -> list[tuple[None, str]]:
+    """The errors with id nil the server must answer ``data`` with: a fatal framing error,
+    which ends the connection, or a request (map or compact array) without an int id."""
+    out: list[tuple[None, str]] = []
+    for body in FrameDecoder(FRAME_LIMIT).feed_raw(data):
+        try:
+            if isinstance(body, ProtocolError):
+                raise body
+            message = decode_request(body)
+        except ProtocolError as exc:
+            return [*out, (None, exc.code)]
+        if isinstance(message, list):
+            rid = message[1] if len(message) > 1 else None
+        else:
+            rid = message.get("id")
+        if type(rid) is not int:
+            out.append((None, ErrorCode.BAD_REQUEST))
+    return out
 
 
 async def test_a_flooding_client_that_never_reads_its_replies_is_disconnected(

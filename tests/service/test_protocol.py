@@ -17,12 +17,15 @@ from hypothesis import strategies as st
 
 from service.entry import (
     APPEND_FIELDS,
+    COMPACT_APPEND,
+    COMPACT_FIELDS,
     ENTRY_FIELDS,
     MAX_COMMAND_TYPE_LEN,
     PreparedEntry,
     _validated_fields,
     decode_entry,
     entry_request_id,
+    prepare_compact_entry,
     prepare_entry,
 )
 from service.protocol import (
@@ -521,6 +524,36 @@ def test_the_inline_fast_path_rejects_exactly_what_full_validation_rejects(
     except ProtocolError as exc:
         got = exc.message
     assert got == expected
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entry_maps(), st.integers(0, 6), st.lists(msgpack_values, max_size=2))
+def test_a_compact_append_is_prepared_exactly_as_its_map(
+    message: dict[str, Any], cut: int, extra: list[Any]
+) -> None:
+    """The same entry (or the same error message) from the array as from the map of its known
+    fields: in COMPACT_FIELDS order, a random number of trailing ones left out, or one or two
+    items too many."""
+    message = over_the_wire(message)
+    values = [message.get(name) for name in COMPACT_FIELDS]
+    kept = values[: len(values) - cut]
+    item = [COMPACT_APPEND, 1, *kept, *(extra if cut == 0 else [])]
+    dropped = set(COMPACT_FIELDS[len(kept) :])
+    as_map = {k: v for k, v in message.items() if k in COMPACT_FIELDS and k not in dropped}
+
+    def outcome(prepare: Any, arg: Any) -> PreparedEntry | str:
+        try:
+            result: PreparedEntry = prepare(arg)
+            return result
+        except ProtocolError as exc:
+            return exc.message
+
+    compact = outcome(lambda i: prepare_compact_entry(i, RECV_MS, 512), item)
+    if cut == 0 and extra:
+        assert isinstance(compact, str) and "an array of 5 to 11 items" in compact
+        return
+    expected = outcome(lambda m: prepare_entry(m, RECV_MS, 512, ENTRY_FIELDS), as_map)
+    assert compact == expected  # a nil field is an absent one in both forms
 
 
 @settings(max_examples=300, deadline=None)

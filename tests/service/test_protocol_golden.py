@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from service.protocol import FrameDecoder, ProtocolError, encode_frame
+from service.protocol import FrameDecoder, ProtocolError, decode_request, encode_frame
 from tests.golden.frames.make_frames import (
     GOLDEN_DIR,
     RECV_MS,
@@ -22,6 +22,7 @@ from tests.golden.frames.make_frames import (
     REQUEST_ID_2,
     REQUEST_ID_3,
     REQUEST_ID_4,
+    REQUEST_ID_5,
     SERVER_VERSION,
     build_frames,
     golden_path,
@@ -54,7 +55,7 @@ APPEND_1 = {
     "response": b"ok",
 }
 
-EXPECTED: dict[str, dict[str, Any]] = {
+EXPECTED: dict[str, dict[str, Any] | list[Any]] = {
     "hello_request": {"op": "hello", "id": 1, "version": 1},
     "hello_reply": {
         "id": 1,
@@ -65,6 +66,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "max_record_size": 4_194_304,
         "journals": ["main"],
         "last_seq": 1,  # the run's RUN_STARTED record
+        "compact_append": True,
     },
     "append_request": {"op": "append", "id": 2, **APPEND_1},
     "append_reply": {"id": 2, "seq": 2, "duplicate": False},
@@ -120,13 +122,18 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "id": 11,
         "results": [{"seq": 4, "duplicate": False}, {"seq": 5, "duplicate": False}],
     },
+    "compact_append_request": [1, 12, REQUEST_ID_5, "new_order", b"c"],
+    "compact_append_reply": {"id": 12, "seq": 6, "duplicate": False},
     "subscription_ended": {
         "id": 9,
         "error": {"code": "shutting_down", "message": "the journal is shutting down"},
     },
     "bad_frame_reply": {
         "id": None,
-        "error": {"code": "bad_frame", "message": "frame must hold a msgpack map, got list"},
+        "error": {
+            "code": "bad_frame",
+            "message": "frame must hold a msgpack map (or an array: a compact append), got int",
+        },
     },
 }
 
@@ -136,12 +143,12 @@ def golden(name: str) -> bytes:
         return f.read()
 
 
-def decode_one(frame: bytes) -> dict[str, Any]:
-    items = FrameDecoder().feed(frame)
+def decode_one(frame: bytes) -> dict[str, Any] | list[Any]:
+    items = FrameDecoder().feed_raw(frame)
     assert len(items) == 1, items
     item = items[0]
     assert not isinstance(item, ProtocolError), item
-    return item
+    return decode_request(item)
 
 
 def test_every_golden_file_is_listed_and_every_listed_frame_has_a_file() -> None:
@@ -226,17 +233,18 @@ async def test_a_live_server_answers_the_golden_requests_with_the_golden_replies
         await wire.exchange("subscribe_request", "subscribe_reply", "subscribe_push")
         await wire.exchange("unsubscribe_request", "unsubscribe_reply")
         await wire.exchange("append_batch_request", "append_batch_reply")
+        await wire.exchange("compact_append_request", "compact_append_reply")
 
-        # A frame holding a list (here an empty one) is answered with bad_frame, id nil, and
-        # the connection is closed.
+        # A frame holding neither a map nor an array (here the int 7) is answered with
+        # bad_frame, id nil, and the connection is closed.
         other = Wire(*await asyncio.open_unix_connection(path))
-        other.writer.write(golden("hello_request") + b"\0\0\0\1\x90")
-        assert (await other.next() or {}).get("last_seq") == 5
+        other.writer.write(golden("hello_request") + b"\0\0\0\1\x07")
+        assert (await other.next() or {}).get("last_seq") == 6
         assert encode_frame(await other.next() or {}) == golden("bad_frame_reply")
         assert await other.next() is None, "the connection must be closed after bad_frame"
 
         # A subscription still open at shutdown is ended with an error frame carrying its id.
-        wire.writer.write(encode_frame({"op": "subscribe", "id": 9, "from_seq": 6}))
-        assert await wire.next() == {"id": 9, "subscribed": True, "from_seq": 6}
+        wire.writer.write(encode_frame({"op": "subscribe", "id": 9, "from_seq": 7}))
+        assert await wire.next() == {"id": 9, "subscribed": True, "from_seq": 7}
     assert await wire.next() == EXPECTED["subscription_ended"]
     assert await wire.next() is None

@@ -1,7 +1,8 @@
 """Fuzzing every op handler and the frame decoder over a real socket (Hypothesis; atheris too).
 
 One ``ackwal serve`` subprocess serves the whole module. Hypothesis builds requests for every op
-(the real field names with well-typed, edge and arbitrary msgpack values) and raw byte streams
+and compact appends (the real field names or items with well-typed, edge and arbitrary msgpack
+values) and raw byte streams
 (random bytes, and valid frames with bytes flipped, cut or inserted). The invariant: the server
 answers every request on that connection (it then answers a ``status`` sent after them) or
 closes it after a fatal framing error sent with ``id`` nil; it never answers ``internal`` (a
@@ -30,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.entry import COMPACT_APPEND
 from service.protocol import ErrorCode, FrameDecoder, ProtocolError, encode_frame
 from tests.service.harness import ROOT, ServerProcess, command_for, new_rid, short_socket_path
 from tests.torture.conftest import report, size
@@ -95,6 +97,16 @@ requests = st.builds(
 )
 
 
+# Compact appends (docs/PROTOCOL.md): mostly well formed with each item possibly arbitrary.
+compact_appends = st.builds(
+    lambda op, rid, fields, tail: [op, rid, *fields, *tail],
+    st.just(COMPACT_APPEND) | anything,
+    st.integers(0, 2000) | anything,
+    st.tuples(rids, entry_fields["command_type"], entry_fields["command"]),
+    st.lists(anything, max_size=8),
+)
+
+
 def valid_frames() -> st.SearchStrategy[bytes]:
     return st.builds(
         lambda rid: encode_frame(
@@ -107,7 +119,7 @@ def valid_frames() -> st.SearchStrategy[bytes]:
             }
         ),
         st.binary(min_size=16, max_size=16),
-    ) | st.builds(encode_frame, requests)
+    ) | st.builds(encode_frame, requests | compact_appends)
 
 
 @st.composite
@@ -166,10 +178,16 @@ def check_reply(reply: dict[str, Any]) -> None:
         assert isinstance(error["message"], str) and len(error["message"]) < 1000
 
 
-def answers(conn: Conn, messages: list[dict[str, Any]]) -> int:
+def request_id(message: dict[str, Any] | list[Any]) -> Any:
+    """The id a request's reply carries: nil for a missing or bad one."""
+    rid = message[1:2] if isinstance(message, list) else [message["id"]]  # compact: [op, id, ...]
+    return rid[0] if rid and type(rid[0]) is int else None
+
+
+def answers(conn: Conn, messages: list[dict[str, Any] | list[Any]]) -> int:
     """Read until every message got its one reply (by id; nil for a bad id) and the status
     sent after them was answered: the connection stayed open and answered everything."""
-    expected = Counter(m["id"] if type(m["id"]) is int else None for m in messages)
+    expected = Counter(request_id(m) for m in messages)
     got: Counter[Any] = Counter()
     sentinel = False
     while not sentinel or any(got[k] < n for k, n in expected.items()):
@@ -246,9 +264,9 @@ FUZZ = settings(
 
 
 @FUZZ
-@given(st.lists(requests, min_size=1, max_size=4), st.booleans())
+@given(st.lists(requests | compact_appends, min_size=1, max_size=4), st.booleans())
 def test_any_request_to_any_op_is_answered_and_others_keep_their_acks(
-    fuzzed: Fuzzed, messages: list[dict[str, Any]], hello: bool
+    fuzzed: Fuzzed, messages: list[dict[str, Any] | list[Any]], hello: bool
 ) -> None:
     conn = Conn(fuzzed.path, hello=hello)
     try:

@@ -1,14 +1,17 @@
 """Writes the golden protocol frames ``tests/golden/frames/*.bin`` that pin protocol version 1.
 
-Each file holds one complete frame (4-byte big-endian length + msgpack map) built by the real
+Each file holds one complete frame (4-byte big-endian length + msgpack map, or the array of a
+compact append) built by the real
 encoders in :mod:`service.protocol` and :mod:`service.entry` from fixed inputs: the replies are
 built the way ``service/connection.py`` builds them (same keys, same order), and record
 payloads with a fixed ``recv_ms``. ``tests/service/test_protocol_golden.py`` rebuilds them and
 compares bytes, decodes the files back, and plays the requests against a live server.
 
-Regenerate ONLY when the wire encoding changes on purpose (with a bump of
-``service.protocol.PROTOCOL_VERSION`` and an update of docs/PROTOCOL.md). If the test fails
-after any other change, the change broke the protocol: fix the code, not the golden files.
+Regenerate ONLY when the wire encoding changes on purpose, with an update of docs/PROTOCOL.md:
+a bump of ``service.protocol.PROTOCOL_VERSION``, or an extension every version-1 client can
+ignore (the compact append, announced by ``compact_append`` in the hello reply, was one). If
+the test fails after any other change, the change broke the protocol: fix the code, not the
+golden files.
 
     .venv/bin/python -m tests.golden.frames.make_frames        # (re)write the .bin files
     .venv/bin/python -m tests.golden.frames.make_frames --hex  # hex of each frame, for the docs
@@ -22,7 +25,7 @@ import sys
 import uuid
 from typing import Any, Final
 
-from service.entry import prepare_entry
+from service.entry import COMPACT_APPEND, prepare_entry
 from service.protocol import (
     ErrorCode,
     encode_error,
@@ -41,6 +44,7 @@ REQUEST_ID: Final = uuid.UUID("00010203-0405-0607-0809-0a0b0c0d0e0f").bytes
 REQUEST_ID_2: Final = uuid.UUID("10111213-1415-1617-1819-1a1b1c1d1e1f").bytes
 REQUEST_ID_3: Final = uuid.UUID("20212223-2425-2627-2829-2a2b2c2d2e2f").bytes
 REQUEST_ID_4: Final = uuid.UUID("30313233-3435-3637-3839-3a3b3c3d3e3f").bytes
+REQUEST_ID_5: Final = uuid.UUID("40414243-4445-4647-4849-4a4b4c4d4e4f").bytes
 
 # The entries as a client sends them (without op/id): the minimal one and one with every field.
 ENTRY: Final[dict[str, Any]] = {
@@ -96,6 +100,7 @@ def build_frames() -> dict[str, bytes]:
                 "max_record_size": MAX_PAYLOAD,
                 "journals": ["main"],
                 "last_seq": 1,
+                "compact_append": True,
             }
         ),
         "append_request": encode_frame({"op": "append", "id": 2, **ENTRY}),
@@ -139,11 +144,17 @@ def build_frames() -> dict[str, bytes]:
                 ],
             }
         ),
+        "compact_append_request": encode_frame(
+            [COMPACT_APPEND, 12, REQUEST_ID_5, "new_order", b"c"]
+        ),
+        "compact_append_reply": encode_frame({"id": 12, "seq": 6, "duplicate": False}),
         "subscription_ended": encode_error(
             9, ErrorCode.SHUTTING_DOWN, "the journal is shutting down"
         ),
         "bad_frame_reply": encode_error(
-            None, ErrorCode.BAD_FRAME, "frame must hold a msgpack map, got list"
+            None,
+            ErrorCode.BAD_FRAME,
+            "frame must hold a msgpack map (or an array: a compact append), got int",
         ),
     }
 
