@@ -1,5 +1,6 @@
 """The compact append (docs/PROTOCOL.md, "Compact append") over a real socket: the same entry,
-the same reply and the same idempotency as the map form; the journal of the hello."""
+the same reply and the same idempotency as the map form; the journal of the hello; the client
+library uses it only where the server says it can."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from service.client import JournalClient
 from service.entry import COMPACT_APPEND, prepare_compact_entry, prepare_entry
 from service.protocol import ErrorCode, ProtocolError, encode_frame
 from tests.service.conftest import RunningService
@@ -112,3 +114,29 @@ async def test_a_compact_append_goes_to_the_journal_of_the_last_successful_hello
             assert svc.journals["orders"].last_seq == 3
             assert svc.journals["main"].last_seq == 2
             await conn.close()
+
+
+async def test_the_client_sends_the_common_append_compact_and_the_rest_as_maps(
+    running_service: RunningService,
+) -> None:
+    async with running_service() as svc:
+        sent: list[Any] = []
+        async with JournalClient(svc.settings.socket_path) as client:
+            protocol = client._protocol
+            assert protocol is not None and client.server_info["compact_append"] is True
+            write = protocol.write
+
+            def spy(frame: bytes) -> None:
+                sent.append(frame[4])  # the body's first byte: 0x9X an array, 0x8X a map
+                write(frame)
+
+            protocol.write = spy  # type: ignore[method-assign]
+            plain = await client.append(new_rid(), "new_order", b"a")
+            full = await client.append(new_rid(), "new_order", b"b", response=b"ok", ts_ms=3)
+            assert (plain.seq, full.seq) == (2, 3)
+        assert [b >> 4 for b in sent] == [0x9, 0x8]
+        stored = svc.journals["main"].read(2, 10)
+        assert [(e.command, e.response, e.ts_ms) for e in stored] == [
+            (b"a", None, None),
+            (b"b", b"ok", 3),
+        ]
