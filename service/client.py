@@ -414,6 +414,7 @@ class JournalClient:
         duration_us: int | None = None,
     ) -> AppendResult:
         """Append one entry; returns once it is durable (or the original's answer)."""
+        message: dict[str, Any] | list[Any]
         if (
             self._compact
             and response is None
@@ -426,20 +427,20 @@ class JournalClient:
             # The common append, as a compact array rather than a map (docs/PROTOCOL.md): the
             # server decodes it for about a third of the map's cost.
             rid = request_id.bytes if isinstance(request_id, uuid.UUID) else request_id
-            reply = await self._send([COMPACT_APPEND, 0, rid, command_type, command])[1]
-            return AppendResult(reply["seq"], reply["duplicate"], reply.get("response"))
-        message = entry_map(
-            request_id,
-            command_type,
-            command,
-            response,
-            events,
-            ts_ms,
-            pre_digest,
-            post_digest,
-            duration_us,
-        )
-        message["op"] = "append"
+            message = [COMPACT_APPEND, 0, rid, command_type, command]
+        else:
+            message = entry_map(
+                request_id,
+                command_type,
+                command,
+                response,
+                events,
+                ts_ms,
+                pre_digest,
+                post_digest,
+                duration_us,
+            )
+            message["op"] = "append"
         reply = await self._send(message)[1]
         return AppendResult(reply["seq"], reply["duplicate"], reply.get("response"))
 

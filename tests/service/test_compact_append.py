@@ -140,3 +140,15 @@ async def test_the_client_sends_the_common_append_compact_and_the_rest_as_maps(
             (b"a", None, None),
             (b"b", b"ok", 3),
         ]
+
+
+async def test_a_client_of_another_journal_appends_compact_to_that_journal(
+    tmp_path: Path,
+) -> None:
+    with short_socket_path() as sock:
+        settings = make_settings(tmp_path / "main", sock, journals={"orders": str(tmp_path / "o")})
+        async with serve(settings) as svc, JournalClient(sock, journal="orders") as client:
+            assert client.server_info["compact_append"] is True
+            assert (await client.append(new_rid(), "new_order", b"a")).seq == 2
+            assert [e.command for e in svc.journals["orders"].read(2, 10)] == [b"a"]
+            assert svc.journals["main"].last_seq == 1
