@@ -21,24 +21,10 @@ import msgpack
 from service.protocol import ErrorCode, ProtocolError, describe
 
 ENTRY_PAYLOAD_VERSION: Final = 1
-ENTRY_FIELDS: Final = frozenset(
-    {
-        "request_id",
-        "command_type",
-        "command",
-        "response",
-        "events",
-        "ts_ms",
-        "pre_digest",
-        "post_digest",
-        "duration_us",
-    }
-)
-ENVELOPE_FIELDS: Final = frozenset({"op", "id", "journal"})
-# The compact append (docs/PROTOCOL.md): [COMPACT_APPEND, id, *COMPACT_FIELDS], the optional
-# trailing fields left out or nil.
-COMPACT_APPEND: Final = 1
-COMPACT_FIELDS: Final = (
+# An entry's fields in their documented order (docs/PROTOCOL.md), which is also their order in
+# the ENTRY payload and in a compact append: [COMPACT_APPEND, id, *ENTRY_FIELD_ORDER], the
+# optional trailing fields left out or nil.
+ENTRY_FIELD_ORDER: Final = (
     "request_id",
     "command_type",
     "command",
@@ -49,8 +35,11 @@ COMPACT_FIELDS: Final = (
     "post_digest",
     "duration_us",
 )
+ENTRY_FIELDS: Final = frozenset(ENTRY_FIELD_ORDER)
+ENVELOPE_FIELDS: Final = frozenset({"op", "id", "journal"})
+COMPACT_APPEND: Final = 1
 COMPACT_APPEND_MIN_ITEMS: Final = 5
-COMPACT_APPEND_MAX_ITEMS: Final = 2 + len(COMPACT_FIELDS)
+COMPACT_APPEND_MAX_ITEMS: Final = 2 + len(ENTRY_FIELD_ORDER)
 APPEND_FIELDS: Final = ENTRY_FIELDS | ENVELOPE_FIELDS
 EVENT_FIELDS: Final = frozenset({"type", "key", "data"})
 MAX_COMMAND_TYPE_LEN: Final = 256
@@ -325,7 +314,7 @@ def prepare_compact_entry(
             f"a compact append is an array of {COMPACT_APPEND_MIN_ITEMS} to "
             f"{COMPACT_APPEND_MAX_ITEMS} items, got {n}"
         )
-    values = zip(COMPACT_FIELDS[: n - 2], item[2:], strict=True)
+    values = zip(ENTRY_FIELD_ORDER[: n - 2], item[2:], strict=True)
     entry = {name: value for name, value in values if value is not None}
     return prepare_entry(entry, recv_ms, max_payload, ENTRY_FIELDS, policy)
 

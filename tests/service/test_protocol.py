@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from service.entry import (
     APPEND_FIELDS,
     COMPACT_APPEND,
-    COMPACT_FIELDS,
+    ENTRY_FIELD_ORDER,
     ENTRY_FIELDS,
     MAX_COMMAND_TYPE_LEN,
     PreparedEntry,
@@ -532,14 +532,14 @@ def test_a_compact_append_is_prepared_exactly_as_its_map(
     message: dict[str, Any], cut: int, extra: list[Any]
 ) -> None:
     """The same entry (or the same error message) from the array as from the map of its known
-    fields: in COMPACT_FIELDS order, a random number of trailing ones left out, or one or two
+    fields: in ENTRY_FIELD_ORDER order, a random number of trailing ones left out, or one or two
     items too many."""
     message = over_the_wire(message)
-    values = [message.get(name) for name in COMPACT_FIELDS]
+    values = [message.get(name) for name in ENTRY_FIELD_ORDER]
     kept = values[: len(values) - cut]
     item = [COMPACT_APPEND, 1, *kept, *(extra if cut == 0 else [])]
-    dropped = set(COMPACT_FIELDS[len(kept) :])
-    as_map = {k: v for k, v in message.items() if k in COMPACT_FIELDS and k not in dropped}
+    dropped = set(ENTRY_FIELD_ORDER[len(kept) :])
+    as_map = {k: v for k, v in message.items() if k in ENTRY_FIELD_ORDER and k not in dropped}
 
     def outcome(prepare: Any, arg: Any) -> PreparedEntry | str:
         try:
