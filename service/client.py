@@ -23,10 +23,12 @@ import structlog
 from service.entry import COMPACT_APPEND, AppendResult, StoredEntry, entry_from_wire, entry_map
 from service.errors import AckwalError, BusyError, error_from_code
 from service.protocol import (
+    LENGTH_PREFIX,
     PROTOCOL_VERSION,
     ErrorCode,
     FrameDecoder,
     ProtocolError,
+    decode_request,
     encode_frame,
 )
 from service.snapshots import Recovery, SkippedSnapshot, Snapshot, SnapshotInfo
@@ -37,6 +39,8 @@ from wal.crc import crc32c
 log = structlog.get_logger("ackwal.client")
 
 SUBSCRIPTION_HIGH_WATER = 256  # pushed batches buffered before the client stops reading
+# The first body byte of the compact appends this client sends: a msgpack array of 5 items.
+_COMPACT_APPEND_HEAD = 0x95
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 SNAPSHOT_WINDOW = 4  # chunks in flight per upload (the server queues at most 16)
 
@@ -184,6 +188,10 @@ class JournalClient:
         # subscription is re-sent below from the first seq not yet delivered, never twice.
         for rid, req in list(self._pending.items()):
             if rid != hello_id and rid not in self._subs:
+                if req.frame[LENGTH_PREFIX] == _COMPACT_APPEND_HEAD:
+                    # The server may not be the one that said it takes compact appends (an
+                    # older version after a rollback would close on them): send the map.
+                    req.frame = self._as_map(req.frame)
                 protocol.write(req.frame)
         for sid, sub in self._subs.items():
             sub.subscribed = False
@@ -210,6 +218,20 @@ class JournalClient:
             if protocol.transport is not None:
                 protocol.transport.close()
             raise
+
+    def _as_map(self, frame: bytes) -> bytes:
+        """A compact append's frame as the equivalent ``append`` map."""
+        _, rid, request_id, command_type, command = decode_request(frame[LENGTH_PREFIX:])
+        message = {
+            "op": "append",
+            "id": rid,
+            "request_id": request_id,
+            "command_type": command_type,
+            "command": command,
+        }
+        if self.journal != "main":
+            message["journal"] = self.journal
+        return encode_frame(message)
 
     def _on_lost(self, protocol: _ClientProtocol, exc: Exception | None) -> None:
         if protocol is not self._protocol:

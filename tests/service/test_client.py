@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from service.client import ClientClosedError, JournalClient
+from service.client import ClientClosedError, JournalClient, _ClientProtocol
 from service.entry import AppendResult
 from service.errors import (
     AckwalError,
@@ -21,7 +21,7 @@ from service.errors import (
     UnknownJournalError,
     error_from_code,
 )
-from service.protocol import ErrorCode
+from service.protocol import ErrorCode, decode_request
 from service.settings import Settings
 from tests.service.conftest import RunningService
 from tests.service.harness import (
@@ -196,6 +196,45 @@ async def test_appends_unanswered_when_the_server_dies_are_resent_and_each_answe
     assert [(e.seq, e.request_id, e.command) for e in entries_of(records)] == [
         (seq, by_seq[seq], command_for(by_seq[seq])) for seq in sorted(by_seq)
     ]
+    await client.close()
+    server.signal(signal.SIGTERM)
+    assert await server.wait() == 0
+
+
+async def test_compact_appends_unanswered_at_a_crash_are_resent_as_maps(
+    server: ServerProcess, sock: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server a client reconnects to may be another version (a rollback), one that does
+    not take compact appends: what went compact is resent as the equivalent map."""
+    await server.start_ready()
+    client = await JournalClient.connect(sock, reconnect_timeout=20)
+    assert client.server_info["compact_append"] is True
+    server.signal(signal.SIGSTOP)  # nothing sent from here on is read before the crash
+    rids = [new_rid() for _ in range(3)]
+    appends = asyncio.gather(*(client.append(rid, "t", command_for(rid)) for rid in rids))
+    while len(client._pending) < len(rids):
+        await asyncio.sleep(0.002)
+    assert all(req.frame[4] == 0x95 for req in client._pending.values())  # sent compact
+    sent: list[bytes] = []
+    write = _ClientProtocol.write
+
+    def spy(protocol: _ClientProtocol, frame: bytes) -> None:
+        sent.append(frame)
+        write(protocol, frame)
+
+    monkeypatch.setattr(_ClientProtocol, "write", spy)
+    await server.kill9()
+    await asyncio.sleep(0.1)
+    await server.start_ready()
+    results = await asyncio.wait_for(appends, 30)
+    first = results[0].seq  # after the new run's RUN_STARTED record
+    assert [(r.seq, r.duplicate) for r in results] == [(first + i, False) for i in range(3)]
+    resent = [decode_request(frame[4:]) for frame in sent]
+    # (resent once per connection attempt that got as far as the hello)
+    assert {m["request_id"] for m in resent if isinstance(m, dict) and "request_id" in m} == set(
+        rids
+    )
+    assert not [m for m in resent if isinstance(m, list)]
     await client.close()
     server.signal(signal.SIGTERM)
     assert await server.wait() == 0
