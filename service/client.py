@@ -221,17 +221,18 @@ class JournalClient:
 
     def _as_map(self, frame: bytes) -> bytes:
         """A compact append's frame as the equivalent ``append`` map."""
-        _, rid, request_id, command_type, command = decode_request(frame[LENGTH_PREFIX:])
-        message = {
-            "op": "append",
-            "id": rid,
-            "request_id": request_id,
-            "command_type": command_type,
-            "command": command,
-        }
+        items = cast(list[Any], decode_request(frame[LENGTH_PREFIX:]))  # this client's own
+        _, rid, request_id, command_type, command = items
+        message = entry_map(request_id, command_type, command)
+        message["op"] = "append"
+        return encode_frame(self._addressed(message, rid))
+
+    def _addressed(self, message: dict[str, Any], rid: int) -> dict[str, Any]:
+        """A request map with its id, and its journal unless that is the default."""
+        message["id"] = rid
         if self.journal != "main":
             message["journal"] = self.journal
-        return encode_frame(message)
+        return message
 
     def _on_lost(self, protocol: _ClientProtocol, exc: Exception | None) -> None:
         if protocol is not self._protocol:
@@ -346,9 +347,7 @@ class JournalClient:
         if isinstance(message, list):
             message[1] = rid  # a compact append: its journal is the hello's
         else:
-            message["id"] = rid
-            if self.journal != "main":
-                message["journal"] = self.journal
+            self._addressed(message, rid)
         frame = encode_frame(message)
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()

@@ -85,9 +85,6 @@ class PreparedEntry(NamedTuple):
 
 
 _new_prepared: Callable[[type[PreparedEntry], tuple[Any, ...]], PreparedEntry] = tuple.__new__
-# An entry's payload fields after command when it has none of the optional ones: response,
-# events, ts_ms, pre_digest, post_digest, duration_us.
-_NO_OPTIONAL_FIELDS: Final[list[Any]] = [None, [], None, None, None, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +305,8 @@ def prepare_compact_entry(
             and type(command) is bytes
         ):
             fields = [ENTRY_PAYLOAD_VERSION, request_id, recv_ms, command_type, command]
-            return _prepared(fields + _NO_OPTIONAL_FIELDS, max_payload)
+            fields += (None, [], None, None, None, None)  # no response, events, ts, digests, time
+            return _prepared(fields, max_payload)
     if not COMPACT_APPEND_MIN_ITEMS <= n <= COMPACT_APPEND_MAX_ITEMS:
         raise _bad(
             f"a compact append is an array of {COMPACT_APPEND_MIN_ITEMS} to "
